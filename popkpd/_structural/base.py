@@ -34,10 +34,9 @@ class AbstractStructuralModel(eqx.Module):
     time. That licenses steady-state doses (SS=1) and the closed-form / matrix-exponential paths.
     """
 
-    states: eqx.AbstractClassVar[tuple[str, ...]]
-    parameters: eqx.AbstractClassVar[tuple[str, ...]]
-    outputs: eqx.AbstractClassVar[tuple[str, ...]]
-    linear: eqx.AbstractClassVar[bool]
+    # Subclasses define these as class attributes or properties (not dataclass fields):
+    # states: tuple[str, ...]; parameters: tuple[str, ...]; outputs: tuple[str, ...]; linear: bool
+    linear = False
 
     @abc.abstractmethod
     def vector_field(self, t, y: Float[Array, " n"], p: dict) -> Float[Array, " n"]:
