@@ -4,6 +4,8 @@ Importing popkpd enables float64 in JAX (see ``popkpd._config``).
 """
 
 from . import _config  # noqa: F401  (enables float64)
+
+import numpyro as _numpyro  # noqa: F401  (import before arviz_base: its lazy loading otherwise breaks numpyro)
 from ._data import DataError as DataError, Dataset as Dataset, read_nonmem as read_nonmem
 from .datasets import load_dataset as load_dataset
 from ._dosing import (
@@ -13,9 +15,40 @@ from ._dosing import (
     SC as SC,
     stack_events as stack_events,
 )
+from ._diagnostics import (
+    plot_eta_covariates as plot_eta_covariates,
+    plot_gof as plot_gof,
+    plot_individual_fits as plot_individual_fits,
+    plot_npde as plot_npde,
+    plot_trace as plot_trace,
+    plot_vpc as plot_vpc,
+    predictions as predictions,
+    shrinkage as shrinkage,
+    vpc as vpc,
+    write_report as write_report,
+)
 from ._events import Events as Events
+from ._inference import Fit as Fit, fit as fit, load_fit as load_fit
 from ._ode.analytic import closed_form as closed_form
 from ._ode.simulate import Solution as Solution, SolverError as SolverError, simulate as simulate
+from ._statistical import (
+    LKJ as LKJ,
+    Additive as Additive,
+    Categorical as Categorical,
+    Combined as Combined,
+    Exponential as Exponential,
+    Fixed as Fixed,
+    HalfNormal as HalfNormal,
+    Linear as Linear,
+    LogitNormal as LogitNormal,
+    LogNormal as LogNormal,
+    LogNormalError as LogNormalError,
+    Normal as Normal,
+    Parameter as Parameter,
+    PopulationModel as PopulationModel,
+    Power as Power,
+    Proportional as Proportional,
+)
 from ._structural.base import AbstractStructuralModel as AbstractStructuralModel
 from ._structural.linear import (
     MichaelisMentenOneCompartment as MichaelisMentenOneCompartment,
