@@ -1,0 +1,74 @@
+"""TOML fit configurations: the shipped ones load, and mistakes are explained."""
+
+from pathlib import Path
+
+import pytest
+
+import popkpd
+from popkpd._configfile import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_configs_load():
+    theo = load_config(ROOT / "fits" / "theophylline")
+    assert theo.dataset.n_subjects == 12 and theo.dataset.n_observations == 132
+    assert set(theo.population.parameters) == {"ka", "cl", "vc"}
+    assert isinstance(theo.population.error["conc"], popkpd.Additive)
+    warf = load_config(ROOT / "fits" / "warfarin" / "config.toml")
+    assert warf.dataset.n_subjects == 32 and warf.dataset.n_observations == 247
+    assert warf.rows_removed == 232  # the PCA rows (DVID 2)
+    assert isinstance(warf.population.error["conc"], popkpd.Combined)
+    assert warf.population.structural.lag_time
+
+
+BASE = """
+[data]
+source = "theophylline"
+[structural]
+model = "OneCompartment"
+[parameters]
+ka = { median = 1.5, sd = 1.0, iiv = 0.5 }
+cl = { median = 3.0, sd = 1.0, iiv = 0.5, covariates = [{ effect = "power", covariate = "WT", reference = 70, prior = { normal = [0.75, 0.2] } }] }
+vc = { median = 35.0, sd = 1.0 }
+[error]
+conc = { type = "proportional", sigma = 0.5 }
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_covariates_and_priors_are_built(tmp_path):
+    cfg = load_config(write(tmp_path, BASE.replace('source = "theophylline"', 'source = "theophylline"\ncovariates = ["WT"]')))
+    effect = cfg.population.parameters["cl"].covariates[0]
+    assert isinstance(effect, popkpd.Power) and effect.reference == 70
+    assert cfg.population.parameters["vc"].iiv is None
+    assert cfg.name == tmp_path.name
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (('model = "OneCompartment"', 'model = "FourCompartment"'), r"\[structural.model\] received 'FourCompartment'"),
+        (('type = "proportional"', 'type = "exotic"'), r"\[error.conc\].*type = one of"),
+        (('vc = { median = 35.0, sd = 1.0 }', 'vc = { median = 35.0 }'), r"\[parameters.vc\].*'sd'"),
+        (('effect = "power"', 'effect = "quadratic"'), r"covariates\[0\]\] received 'quadratic'"),
+        (('source = "theophylline"', 'source = "nothere.csv"'), r"bundled dataset .* or an existing CSV"),
+        (("[error]", "[fit]\nchainz = 3\n[error]"), r"\[fit\] received \['chainz'\]"),
+        (("[error]\nconc", "[erorr]\nconc"), r"missing section \[error\]"),
+    ],
+)
+def test_config_mistakes_are_explained(tmp_path, change, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, BASE.replace(*change)))
+
+
+def test_missing_file_and_bad_toml(tmp_path):
+    with pytest.raises(ConfigError, match="No fit configuration"):
+        load_config(tmp_path / "absent.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[data\nsource="))
