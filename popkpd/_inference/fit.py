@@ -1,0 +1,576 @@
+"""``fit``: MAP + Laplace approximation, and NUTS initialised from it.
+
+Steps of ``fit(population, data, ...)``:
+
+1. Check the data against the population model (host side; errors name ID/row/column).
+2. MAP: minimise the potential (negative log joint density of the *unconstrained* parameters,
+   log-Jacobians included) with L-BFGS (``scipy.optimize``, float64, on the host) from the prior
+   medians with zero random effects, calling a once-compiled JAX value-and-gradient. The
+   Hessian there (``jax.hessian``) gives the Laplace approximation ``N(mode, H^-1)`` in the
+   unconstrained space. The mode is that of the unconstrained density, which is the centre of
+   the Laplace approximation; it is well defined for the default non-centred random effects.
+3. ``method="laplace"``: return ``draws`` independent draws of the Laplace approximation.
+   ``method="nuts"`` (default): run NUTS, each chain starting from its own draw of the Laplace
+   approximation (``init="laplace"``), from the mode (``init="map"``) or from the prior medians
+   (``init="prior_median"``, no optimisation).
+
+Chains (``chain_method``): NumPyro's ``"parallel"`` runs one chain per JAX device; it fails
+when the model contains a diffrax solve (equinox closure conversion under pmap/shard_map,
+checked with jax 0.12.0.1 / equinox 0.13.8 / diffrax 0.7.2, see DESIGN.md "Known traps").
+``"sequential"`` recompiles for every chain. The default (``chain_method=None``) is therefore
+``"parallel"`` for the closed-form path when JAX sees at least ``chains`` devices, and
+``"vectorized"`` (chains in lock-step in one program) otherwise, which works everywhere and suits
+a GPU. On a CPU, JAX sees one device unless told otherwise *before it initialises*: a script
+that wants parallel CPU chains calls ``numpyro.set_host_device_count(chains)`` (or sets
+``XLA_FLAGS=--xla_force_host_platform_device_count=N``) before its first JAX computation; a
+library cannot do it after import, so popkpd does not try.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.optimize
+import scipy.stats
+from jax.flatten_util import ravel_pytree
+from numpyro.distributions.transforms import biject_to
+from numpyro.handlers import seed, substitute, trace
+from numpyro.infer import MCMC, NUTS
+from numpyro.infer.util import constrain_fn, potential_energy
+
+from .._events import Events
+from .._statistical.population import PopulationModel
+from .io import Fit, build_tree, collect_metadata
+
+_EXTRA_FIELDS = ("diverging", "energy", "num_steps", "accept_prob", "potential_energy", "adapt_state.step_size")
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+
+
+class _Data:
+    """What ``fit`` needs from a ``Dataset`` (or from bare ``Events``)."""
+
+    def __init__(self, data, covariate_names):
+        if isinstance(data, Events):
+            self.events = data
+            self.covariate_names = tuple(covariate_names or ())
+            self.ids = np.arange(1, data.n_subjects + 1)
+            self.hash = events_hash(data)
+        elif hasattr(data, "events"):
+            self.events = data.events
+            names = getattr(data, "covariate_names", ())
+            if covariate_names is not None and tuple(covariate_names) != tuple(names):
+                raise ValueError(
+                    f"fit(covariate_names={tuple(covariate_names)}): the dataset already names its "
+                    f"covariates {tuple(names)}; expected covariate_names only with bare Events. Drop it."
+                )
+            self.covariate_names = tuple(names)
+            self.ids = np.asarray(getattr(data, "ids", np.arange(1, data.events.n_subjects + 1)))
+            self.hash = getattr(data, "hash", None) or events_hash(data.events)
+        else:
+            raise TypeError(
+                f"fit(data=...): received {type(data).__name__}; expected a Dataset from "
+                "read_nonmem(...)/load_dataset(...) or an Events."
+            )
+        if len(self.ids) != self.events.n_subjects:
+            raise ValueError(
+                f"fit: the dataset lists {len(self.ids)} IDs for {self.events.n_subjects} subjects in its "
+                "events; expected one ID per subject."
+            )
+
+
+def events_hash(events: Events) -> str:
+    """SHA-256 of the event arrays (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256()
+    for name, value in sorted(vars(events).items()):
+        a = np.ascontiguousarray(np.asarray(value))
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------
+# the posterior as functions of one flat unconstrained vector
+
+
+class FlatPosterior:
+    """The population model on ``events`` as jit-able functions of a flat unconstrained vector.
+
+    ``x0``: the starting point (prior medians, zero random effects); ``potential(x)``: negative
+    log joint density of the unconstrained parameters (log-Jacobians included);
+    ``constrain(x)``: dict of constrained site values and deterministics; ``observe(values,
+    key)``: pointwise log-likelihood ``[S, O]`` of the data and one replicate ``[S, O]``.
+
+    Built without ``numpyro.infer.util.initialize_model``, which evaluates the model op by op
+    (one small XLA compilation per operation, tens of seconds on a loaded CPU).
+    """
+
+    def __init__(self, population: PopulationModel, events: Events, covariate_names=()):
+        self.population = population
+        self.events = events
+        self.args = (events,)
+        self.kwargs = {"covariate_names": tuple(covariate_names)}
+        init = population.init_values(events.n_subjects)
+        supports = {}
+
+        def record_sites():
+            tr = trace(seed(substitute(population.model, data=init), 0)).get_trace(*self.args, **self.kwargs)
+            for name, site in tr.items():
+                if site["type"] == "sample" and not site["is_observed"]:
+                    supports[name] = site["fn"].support
+            return 0.0
+
+        jax.make_jaxpr(record_sites)()  # abstract evaluation: site names and supports, no compilation
+        z0 = jax.jit(lambda: {n: biject_to(supports[n]).inv(jnp.asarray(init[n])) for n in supports})()
+        self.x0, self.unravel = ravel_pytree(z0)
+        self.init_values = init
+
+    def potential(self, x):
+        return potential_energy(self.population.model, self.args, self.kwargs, self.unravel(x))
+
+    def constrain(self, x):
+        return constrain_fn(self.population.model, self.args, self.kwargs, self.unravel(x), return_deterministic=True)
+
+    def site_log_probs(self, values: Mapping) -> dict:
+        """Log density of every sample site at constrained ``values`` (``obs``: [S, O], masked)."""
+        tr = trace(seed(substitute(self.population.model, data=dict(values)), 0)).get_trace(*self.args, **self.kwargs)
+        return {n: site["fn"].log_prob(site["value"]) for n, site in tr.items() if site["type"] == "sample"}
+
+    def observe(self, values: Mapping, key):
+        """Pointwise log-likelihood of the data and one posterior-predictive replicate, [S, O] each."""
+        tr = trace(seed(substitute(self.population.model, data=dict(values)), key)).get_trace(
+            *self.args, observed=False, **self.kwargs
+        )
+        site = tr["obs"]
+        dv = jnp.where(self.events.obs_mask, self.events.obs_dv, 1.0)
+        return site["fn"].log_prob(dv), site["value"]
+
+    def explain_nonfinite(self, values: Mapping, ids, what: str) -> str:
+        """Name the site (and ID/row for observations) whose log density is not finite."""
+        lps = jax.jit(self.site_log_probs)(dict(values))
+        ev = self.events
+        for name, lp in lps.items():
+            lp = np.asarray(lp)
+            bad = ~np.isfinite(lp)
+            if not bad.any():
+                continue
+            if name == "obs":
+                s, o = np.argwhere(bad)[0]
+                return (
+                    f"the likelihood of the observation at row {int(ev.obs_row[s, o])} (ID {ids[s]}, TIME "
+                    f"{float(ev.obs_time[s, o])}, DV {float(ev.obs_dv[s, o])}) is {lp[s, o]} at {what}; check "
+                    "the prediction there (NaN, or impossible under the residual error, e.g. a zero "
+                    "prediction with a proportional error)"
+                )
+            return f"the prior density of {name!r} is {lp.ravel()[np.argmax(bad.ravel())]} at {what}"
+        return f"the log density is not finite at {what}, but no single site explains it"
+
+
+# ------------------------------------------------------------------------------------------------
+# MAP and Laplace
+
+
+class Laplace:
+    """Mode and Gaussian approximation ``N(mode, covariance)`` of the unconstrained posterior.
+
+    ``mode``: flat unconstrained vector (see ``FlatPosterior``); ``potential``: negative log
+    density at the mode; ``warnings``: plain-language notes (optimiser did not converge, Hessian
+    not positive definite).
+    """
+
+    def __init__(self, posterior, mode, covariance, potential, converged, message, n_iterations, notes, value_and_grad=None):
+        self.posterior = posterior
+        self.value_and_grad = value_and_grad  # compiled (potential, gradient) of one flat vector
+        self.mode = mode
+        self.covariance = covariance
+        self.potential = potential
+        self.converged = converged
+        self.message = message
+        self.n_iterations = n_iterations
+        self.warnings = list(notes)
+
+    def draw(self, key, n: int) -> np.ndarray:
+        """``n`` draws of the approximation, flat unconstrained, ``[n, dim]``."""
+        chol = np.linalg.cholesky(self.covariance)
+        z = np.asarray(jax.random.normal(key, (n, len(self.mode))))
+        return self.mode[None, :] + z @ chol.T
+
+    def constrained_mode(self) -> dict:
+        """The mode as constrained site values (and deterministic individual parameters)."""
+        return {k: np.asarray(v) for k, v in jax.jit(self.posterior.constrain)(jnp.asarray(self.mode)).items()}
+
+
+def find_map(posterior: FlatPosterior, *, ids=None, max_iterations=5000):
+    """MAP (L-BFGS on the unconstrained potential) and its Laplace approximation.
+
+    Returns ``(Laplace, timing)``; ``timing["compile_s"]`` is the time to compile the log-density
+    gradient, ``timing["map_s"]`` the optimisation plus the Hessian.
+    """
+    ids = np.arange(1, posterior.events.n_subjects + 1) if ids is None else np.asarray(ids)
+    t0 = time.perf_counter()
+    x0 = jnp.asarray(posterior.x0)
+    value_and_grad = jax.jit(jax.value_and_grad(posterior.potential)).lower(x0).compile()
+    compile_s = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    v0, g0 = value_and_grad(x0)
+    if not np.isfinite(float(v0)):
+        reason = posterior.explain_nonfinite(posterior.init_values, ids, "the prior medians")
+        raise ValueError(
+            f"fit: cannot start: {reason}. Expected a finite log density at the prior medians with zero "
+            "random effects; adjust the priors' medians or check the data."
+        )
+    if not np.all(np.isfinite(np.asarray(g0))):
+        bad = [k for k, v in posterior.unravel(g0).items() if not np.all(np.isfinite(np.asarray(v)))]
+        raise ValueError(
+            f"fit: cannot start: the log density is finite at the prior medians but its gradient with "
+            f"respect to {bad} is not. Expected finite derivatives: look for a prediction function that is "
+            "not differentiable there, or a jnp.where whose unused branch is NaN."
+        )
+
+    def objective(x):
+        v, g = value_and_grad(jnp.asarray(x))
+        v, g = float(v), np.asarray(g, dtype=np.float64)
+        if not np.isfinite(v) or not np.all(np.isfinite(g)):
+            return np.inf, np.zeros_like(g)
+        return v, g
+
+    result = scipy.optimize.minimize(
+        objective,
+        np.asarray(x0, dtype=np.float64),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": max_iterations, "maxfun": 4 * max_iterations, "gtol": 1e-8, "ftol": 1e-14},
+    )
+    notes = []
+    mode = np.asarray(result.x, dtype=np.float64)
+    grad_max = float(np.max(np.abs(objective(mode)[1])))
+    converged = bool(result.success) or grad_max < 1e-4
+    if not converged:
+        notes.append(
+            f"The MAP optimisation stopped before converging ({result.message}; largest gradient "
+            f"component {grad_max:.3g}). The mode and the Laplace approximation are approximate; "
+            "NUTS, which starts from them, is not affected beyond a longer warmup."
+        )
+    hessian, hessian_method = _hessian(posterior.potential, value_and_grad, mode)
+    if not np.all(np.isfinite(hessian)):
+        notes.append("The Hessian at the MAP is not finite; the Laplace approximation uses unit variances.")
+        covariance = np.eye(len(mode))
+    else:
+        eigval, eigvec = np.linalg.eigh(hessian)
+        floor = 1e-10 * max(float(np.max(np.abs(eigval))), 1.0)
+        if eigval.min() <= floor:
+            notes.append(
+                f"The Hessian at the MAP is not positive definite (smallest eigenvalue {eigval.min():.3g}): "
+                "the posterior is flat or not peaked there along some directions, so the Laplace "
+                "approximation is unreliable; those directions get unit variance (unconstrained scale)."
+            )
+            eigval = np.where(eigval > floor, eigval, 1.0)
+        covariance = (eigvec / eigval) @ eigvec.T
+        covariance = 0.5 * (covariance + covariance.T)
+    map_s = time.perf_counter() - t1
+    laplace = Laplace(
+        posterior, mode, covariance, float(result.fun), converged, str(result.message), int(result.nit), notes, value_and_grad
+    )
+    laplace.hessian_method = hessian_method
+    return laplace, {"compile_s": compile_s, "map_s": map_s}
+
+
+def _hessian(potential, value_and_grad, x):
+    """Hessian of ``potential`` at ``x``: exact (forward-over-reverse) where the model allows it,
+    else central differences of the compiled gradient (ODE solves through diffrax's checkpointed
+    adjoint are reverse-mode only). Returns ``(H, "exact" | "finite differences")``."""
+    try:
+        hessian = np.asarray(jax.jit(jax.hessian(potential))(jnp.asarray(x)))
+        method = "exact"
+    except (TypeError, NotImplementedError, ValueError):
+        n = len(x)
+        step = np.cbrt(np.finfo(float).eps) * np.maximum(1.0, np.abs(x))
+        hessian = np.empty((n, n))
+        for i in range(n):
+            e = np.zeros(n)
+            e[i] = step[i]
+            g_plus = np.asarray(value_and_grad(jnp.asarray(x + e))[1])
+            g_minus = np.asarray(value_and_grad(jnp.asarray(x - e))[1])
+            hessian[:, i] = (g_plus - g_minus) / (2 * step[i])
+        method = "finite differences"
+    return 0.5 * (hessian + hessian.T), method
+
+
+# ------------------------------------------------------------------------------------------------
+# chains
+
+
+def default_chain_method(population: PopulationModel, chains: int) -> str:
+    """``"parallel"`` for closed forms with enough devices, else ``"vectorized"`` (see module doc)."""
+    if chains == 1:
+        return "sequential"
+    if population.method == "closed_form" and jax.local_device_count() >= chains:
+        return "parallel"
+    return "vectorized"
+
+
+def _check_chain_method(population, chain_method, chains):
+    if chain_method is None:
+        return default_chain_method(population, chains)
+    if chain_method not in ("parallel", "vectorized", "sequential"):
+        raise ValueError(
+            f"fit(chain_method={chain_method!r}): expected 'parallel', 'vectorized', 'sequential' or None "
+            "(automatic)."
+        )
+    if chain_method == "parallel" and chains > 1:
+        if population.method == "ode":
+            raise ValueError(
+                "fit(chain_method='parallel') with method='ode': NumPyro's parallel chains fail on a "
+                "diffrax solve (equinox closure conversion under pmap; diffrax issue 765). Expected "
+                "chain_method='vectorized' (or None for automatic)."
+            )
+        n = jax.local_device_count()
+        if n < chains:
+            raise ValueError(
+                f"fit(chain_method='parallel', chains={chains}): JAX sees {n} device(s); expected at least "
+                f"{chains}. On a CPU call numpyro.set_host_device_count({chains}) before the first JAX "
+                f"computation (top of the script, before importing popkpd), or use "
+                "chain_method='vectorized'."
+            )
+    return chain_method
+
+
+# ------------------------------------------------------------------------------------------------
+# fit
+
+
+def _check_arguments(method, chains, warmup, draws, target_accept, init, max_tree_depth, seed):
+    def integer(name, value, low):
+        if not (isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= low):
+            raise ValueError(f"fit({name}={value!r}): expected an integer >= {low}.")
+
+    if method not in ("nuts", "laplace"):
+        raise ValueError(f"fit(method={method!r}): expected 'nuts' (default) or 'laplace'.")
+    integer("chains", chains, 1)
+    integer("warmup", warmup, 0)
+    integer("draws", draws, 1)
+    integer("max_tree_depth", max_tree_depth, 1)
+    integer("seed", seed, 0)
+    if not (isinstance(target_accept, float | int) and 0.0 < target_accept < 1.0):
+        raise ValueError(
+            f"fit(target_accept={target_accept!r}): expected a probability strictly between 0 and 1 "
+            "(0.8 by default; 0.9-0.99 when there are divergences)."
+        )
+    if init not in ("laplace", "map", "prior_median"):
+        raise ValueError(f"fit(init={init!r}): expected 'laplace' (default), 'map' or 'prior_median'.")
+
+
+def fit(
+    population: PopulationModel,
+    data,
+    *,
+    method: str = "nuts",
+    chains: int = 4,
+    warmup: int = 1000,
+    draws: int = 1000,
+    seed: int = 0,
+    target_accept: float = 0.8,
+    max_tree_depth: int = 10,
+    dense_mass: bool = False,
+    chain_method: str | None = None,
+    init: str = "laplace",
+    progress_bar: bool = True,
+    posterior_predictive: bool = True,
+    covariate_names=None,
+) -> Fit:
+    """Fit a population model to data; returns a ``Fit`` (ArviZ DataTree + metadata).
+
+    Parameters
+    ----------
+    population
+        The ``PopulationModel``.
+    data
+        A ``Dataset`` (``read_nonmem`` / ``load_dataset``) or bare ``Events`` (then
+        ``covariate_names`` names the covariate axis and IDs are 1..S).
+    method
+        ``"nuts"`` (default) or ``"laplace"`` (MAP + Gaussian approximation, ``draws`` draws).
+    chains, warmup, draws
+        NUTS chains, warmup (adaptation) iterations and retained draws per chain.
+    seed
+        Integer seed of every random choice of the fit (stored with it).
+    target_accept, max_tree_depth, dense_mass
+        NUTS settings: target acceptance probability, maximum tree depth, dense mass matrix.
+    chain_method
+        ``"parallel"``, ``"vectorized"``, ``"sequential"`` or ``None`` (automatic; see module doc).
+    init
+        ``"laplace"`` (each chain from a draw of the Laplace approximation), ``"map"`` or
+        ``"prior_median"``.
+    progress_bar
+        NumPyro's progress bar.
+    posterior_predictive
+        Draw the ``posterior_predictive`` group (one replicate of every observation per draw).
+    covariate_names
+        Only with bare ``Events``: the names of the covariates in ``events.cov_value``.
+
+    Returns
+    -------
+    Fit
+        ``Fit.tree`` (ArviZ DataTree; groups and variable names in ``popkpd._inference.io``),
+        ``Fit.metadata`` (model description, data hash, versions, seed, sampler settings,
+        timings ``timing_s``: ``compile_s`` log-density gradient compilation, ``map_s`` MAP and
+        Hessian, ``mcmc_s`` NUTS warmup and draws including its compilation, ``predictive_s``
+        log-likelihood and replicates, ``total_s``), ``Fit.population``.
+    """
+    _check_arguments(method, chains, warmup, draws, target_accept, init, max_tree_depth, seed)
+    if not isinstance(population, PopulationModel):
+        raise TypeError(f"fit(population=...): received {type(population).__name__}; expected a PopulationModel.")
+    t_start = time.perf_counter()
+    d = _Data(data, covariate_names)
+    events, names = d.events, d.covariate_names
+    population.check(events, names, d.ids)
+    if method == "nuts":
+        chain_method = _check_chain_method(population, chain_method, chains)
+    posterior = FlatPosterior(population, events, names)
+    timing = {}
+    key_init, key_mcmc, key_pp = jax.random.split(jax.random.PRNGKey(seed), 3)
+
+    laplace = None
+    notes = []
+    if method == "laplace" or init != "prior_median":
+        laplace, t = find_map(posterior, ids=d.ids)
+        timing.update(t)
+        notes += laplace.warnings
+
+    sampler = {"method": method, "seed": int(seed), "draws": int(draws)}
+    if method == "laplace":
+        flat = laplace.draw(key_init, draws)[None]  # [chain=1, draw, dim]
+        sample_stats = {}  # filled below: densities of target and approximation at the draws
+        sampler["chains"] = 1
+    else:
+        sampler.update(
+            chains=int(chains),
+            warmup=int(warmup),
+            target_accept=float(target_accept),
+            max_tree_depth=int(max_tree_depth),
+            dense_mass=bool(dense_mass),
+            chain_method=chain_method,
+            init=init,
+        )
+        init_flat = _initial_points(posterior, laplace, key_init, chains, init, d.ids)
+        kernel = NUTS(
+            potential_fn=posterior.potential,
+            target_accept_prob=target_accept,
+            max_tree_depth=max_tree_depth,
+            dense_mass=dense_mass,
+        )
+        mcmc = MCMC(
+            kernel,
+            num_warmup=warmup,
+            num_samples=draws,
+            num_chains=chains,
+            chain_method=chain_method,
+            progress_bar=progress_bar,
+        )
+        init_params = init_flat if chains > 1 else init_flat[0]
+        # one run() call: warmup and sampling share one compiled loop (warmup() + run() compile twice)
+        t0 = time.perf_counter()
+        mcmc.run(key_mcmc, init_params=init_params, extra_fields=_EXTRA_FIELDS)
+        flat = np.asarray(mcmc.get_samples(group_by_chain=True))
+        if chains == 1 and flat.ndim == 2:
+            flat = flat[None]
+        timing["mcmc_s"] = time.perf_counter() - t0  # warmup + draws, including the sampler's compilation
+        extra = mcmc.get_extra_fields(group_by_chain=True)
+        sample_stats = _sample_stats(extra, max_tree_depth)
+
+    t0 = time.perf_counter()
+    samples, log_lik, pred, potential = _draws(posterior, flat, key_pp)
+    if method == "laplace":
+        # log densities (unconstrained space) of the target and of the Gaussian at the draws, for
+        # PSIS-LOO of an approximate posterior (arviz_stats.loo_approximate_posterior)
+        log_q = scipy.stats.multivariate_normal(laplace.mode, laplace.covariance, allow_singular=True).logpdf(flat[0])
+        sample_stats = {"lp": -potential, "log_q": np.reshape(log_q, (1, -1))}
+    if not posterior_predictive:
+        pred = None
+    timing["predictive_s"] = time.perf_counter() - t0
+    timing["total_s"] = time.perf_counter() - t_start
+
+    map_values = laplace.constrained_mode() if laplace is not None else None
+    metadata = collect_metadata(population, d.hash, events, sampler, timing, notes, names, laplace=laplace)
+    tree = build_tree(
+        population,
+        samples,
+        sample_stats=sample_stats,
+        log_likelihood=log_lik,
+        posterior_predictive=pred,
+        events=events,
+        ids=d.ids,
+        covariate_names=names,
+        map_values=map_values,
+        metadata=metadata,
+    )
+    return Fit(tree, metadata, population=population)
+
+
+def _initial_points(posterior, laplace, key, chains, init, ids) -> np.ndarray:
+    """Flat unconstrained starting points ``[chains, dim]``."""
+    if init == "prior_median":
+        x0 = np.asarray(posterior.x0)
+        if not np.isfinite(float(jax.jit(posterior.potential)(jnp.asarray(x0)))):
+            reason = posterior.explain_nonfinite(posterior.init_values, ids, "the prior medians")
+            raise ValueError(f"fit(init='prior_median'): cannot start: {reason}.")
+        return np.repeat(x0[None, :], chains, axis=0)
+    if init == "map":
+        return np.repeat(laplace.mode[None, :], chains, axis=0)
+    flat = laplace.draw(key, chains)
+    potential = np.array([float(laplace.value_and_grad(jnp.asarray(x))[0]) for x in flat])
+    flat[~np.isfinite(potential)] = laplace.mode  # a draw in an impossible region starts at the mode
+    return flat
+
+
+def _sample_stats(extra: Mapping, max_tree_depth: int) -> dict:
+    """NumPyro extra fields -> ArviZ sample_stats names."""
+    out = {
+        "diverging": np.asarray(extra["diverging"]),
+        "energy": np.asarray(extra["energy"]),
+        "lp": -np.asarray(extra["potential_energy"]),
+        "n_steps": np.asarray(extra["num_steps"]),
+        "acceptance_rate": np.asarray(extra["accept_prob"]),
+        "step_size": np.asarray(extra["adapt_state.step_size"]),
+    }
+    if out["diverging"].ndim == 1:  # one chain
+        out = {k: v[None] for k, v in out.items()}
+    out["tree_depth"] = np.floor(np.log2(out["n_steps"])).astype(int) + 1
+    out["reached_max_tree_depth"] = out["tree_depth"] > max_tree_depth
+    return out
+
+
+def _draws(posterior: FlatPosterior, flat: np.ndarray, key):
+    """Constrained samples, pointwise log-likelihood, one replicate and the potential per draw.
+
+    ``flat``: ``[chain, draw, dim]``. Returns ``(samples {site: [chain, draw, ...]},
+    log_lik [chain, draw, S, O], replicate [chain, draw, S, O], potential [chain, draw])``.
+    """
+    n_chain, n_draw, dim = flat.shape
+    n = n_chain * n_draw
+    batch = min(n, 16 if posterior.population.method == "ode" else 256)
+    n_padded = -(-n // batch) * batch  # a multiple of the batch: lax.map then compiles one body
+    xs = np.concatenate([flat.reshape(n, dim), np.repeat(flat.reshape(n, dim)[-1:], n_padded - n, axis=0)])
+    keys = jax.random.split(key, n_padded)
+
+    def one(args):
+        x, k = args
+        values = posterior.constrain(x)
+        log_lik, replicate = posterior.observe(values, k)
+        return values, log_lik, replicate, posterior.potential(x)
+
+    out = jax.jit(lambda xs, ks: jax.lax.map(one, (xs, ks), batch_size=batch))(jnp.asarray(xs), keys)
+
+    def shape(a):
+        a = np.asarray(a)[:n]
+        return a.reshape((n_chain, n_draw) + a.shape[1:])
+
+    values, log_lik, replicate, potential = out
+    return {k: shape(v) for k, v in values.items()}, shape(log_lik), shape(replicate), shape(potential)
