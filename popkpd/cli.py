@@ -1,0 +1,110 @@
+"""Command line: ``popkpd demo | fit CONFIG | report FIT_DIR | simulate``.
+
+Thin commands over the public API. CPU chains: the command line asks XLA for as many host
+devices as chains (``--xla_force_host_platform_device_count``) before JAX starts, so that chains
+can run in parallel on a multi-core CPU; the library itself never changes that setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _host_devices(n: int) -> None:
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+def _fit_from_config(config_path, overrides: dict, out_dir=None, report: bool = True):
+    import popkpd
+    from popkpd._configfile import load_config
+
+    cfg = load_config(config_path)
+    options = {**cfg.fit_options, **{k: v for k, v in overrides.items() if v is not None}}
+    out = Path(out_dir) if out_dir else cfg.output_dir
+    print(f"popkpd fit: {cfg.name}: {cfg.dataset.n_subjects} subjects, {cfg.dataset.n_observations} observations"
+          + (f" ({cfg.rows_removed} rows removed by the data query)" if cfg.rows_removed else ""), flush=True)
+    print(f"  model {type(cfg.population.structural).__name__}, prediction {cfg.population.method}; "
+          f"sampler {options}", flush=True)
+    t = time.perf_counter()
+    result = popkpd.fit(cfg.population, cfg.dataset, **options)
+    result.metadata["config"] = cfg.text
+    result.metadata["config_path"] = str(cfg.path)
+    result.metadata["rows_removed_by_query"] = cfg.rows_removed
+    out.mkdir(parents=True, exist_ok=True)
+    path = result.save(out / "fit.nc")
+    print(f"  done in {time.perf_counter() - t:.1f} s; saved {path}", flush=True)
+    print(result.convergence(), flush=True)
+    if report:
+        files = popkpd.write_report(result, cfg.population, cfg.dataset, out)
+        print(f"  report: {len(files)} files in {out} (summary.md first)", flush=True)
+    return result, cfg, out
+
+
+def cmd_fit(args) -> int:
+    overrides = dict(chains=args.chains, warmup=args.warmup, draws=args.draws, seed=args.seed, method=args.method)
+    _fit_from_config(args.config, overrides, args.out, report=not args.no_report)
+    return 0
+
+
+def cmd_report(args) -> int:
+    import popkpd
+    from popkpd._configfile import load_config
+
+    fit_dir = Path(args.fit_dir)
+    fit_file = fit_dir / "fit.nc" if fit_dir.is_dir() else fit_dir
+    result = popkpd.load_fit(fit_file)
+    config_path = result.metadata.get("config_path")
+    if not config_path or not Path(config_path).exists():
+        raise SystemExit(f"popkpd report: the fit {fit_file} does not name an existing config file "
+                         f"(metadata config_path={config_path!r}); it was not made by `popkpd fit`. "
+                         "Use popkpd.write_report(fit, population, dataset, outdir) from Python.")
+    cfg = load_config(config_path)
+    files = popkpd.write_report(result, cfg.population, cfg.dataset, fit_file.parent)
+    print(f"report: {len(files)} files in {fit_file.parent}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from popkpd._demo import run_demo
+
+    run_demo(Path(args.out), quick=args.quick)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="popkpd", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="the main demo on bundled data (writes PNGs and a fit)")
+    p.add_argument("--out", default="demo_output", help="output folder (default demo_output/)")
+    p.add_argument("--quick", action="store_true", help="fewer draws, for a smoke run")
+    p.set_defaults(func=cmd_demo, chains=4)
+
+    p = sub.add_parser("fit", help="fit a population model described by a TOML config (see fits/*/config.toml)")
+    p.add_argument("config", help="config.toml, or the folder holding it")
+    p.add_argument("--chains", type=int)
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--draws", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--method", choices=["nuts", "laplace"])
+    p.add_argument("--out", help="output folder (default: outputs/ next to the config)")
+    p.add_argument("--no-report", action="store_true", help="skip the diagnostics report")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("report", help="write diagnostics (PNG, CSV, summary.md) for a saved fit")
+    p.add_argument("fit_dir", help="the folder of a fit (holding fit.nc), or the fit.nc file")
+    p.set_defaults(func=cmd_report, chains=1)
+
+    args = parser.parse_args(argv)
+    _host_devices(max(getattr(args, "chains", None) or 4, 1))
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
