@@ -36,6 +36,8 @@ A complete example (``fits/theophylline/config.toml``)::
     draws = 500
     seed = 1
     target_accept = 0.8
+    centered = false                       # random-effect parameterisation (true: centred, diagonal
+                                           # IIV only; better when every subject has rich data)
 
 Priors written as tables: ``{ median = m, sd = s }`` (log-normal, the default),
 ``{ prior = "logitnormal", median = m, sd = s }``, ``{ normal = [mean, sd] }``,
@@ -72,7 +74,7 @@ _ERRORS = {
     "lognormal": (_res.LogNormalError, ("sigma",)),
 }
 _FIT_KEYS = {"method", "prediction", "chains", "warmup", "draws", "seed", "target_accept", "max_tree_depth",
-             "dense_mass", "chain_method", "init", "rtol", "atol", "solver"}
+             "dense_mass", "chain_method", "init", "rtol", "atol", "solver", "centered"}
 
 
 class ConfigError(ValueError):
@@ -211,7 +213,9 @@ def load_config(path) -> FitConfig:
         _fail(path, "fit", sorted(unknown), f"keys among {sorted(_FIT_KEYS)}")
     prediction = fit_options.pop("prediction", "closed_form")
     ode_options = {k: fit_options.pop(k) for k in ("rtol", "atol", "solver") if k in fit_options}
-    population = PopulationModel(structural, parameters, error, method=prediction, ode_options=ode_options)
+    centered = bool(fit_options.pop("centered", False))
+    population = PopulationModel(structural, parameters, error, method=prediction, ode_options=ode_options,
+                                 centered=centered)
 
     d = cfg["data"]
     frame = _read_data(d, path)
