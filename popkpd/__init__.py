@@ -50,6 +50,21 @@ from ._statistical import (
     Proportional as Proportional,
 )
 from ._structural.base import AbstractStructuralModel as AbstractStructuralModel
+from ._structural.bcma import BCMAModel as BCMAModel
+from ._structural.crs import (
+    HIBMA26_CRS_COEFS as HIBMA26_CRS_COEFS,
+    crs_probability as crs_probability,
+    crs_probability_elranatamab as crs_probability_elranatamab,
+    peak_per_interval as peak_per_interval,
+)
+from ._structural.units import (
+    SBCMA_MW_KDA as SBCMA_MW_KDA,
+    mg_to_nmol as mg_to_nmol,
+    ng_per_ml_to_nm as ng_per_ml_to_nm,
+    nm_to_ng_per_ml as nm_to_ng_per_ml,
+    nmol_to_mg as nmol_to_mg,
+    receptors_to_nm as receptors_to_nm,
+)
 from ._structural.linear import (
     MichaelisMentenOneCompartment as MichaelisMentenOneCompartment,
     OneCompartment as OneCompartment,

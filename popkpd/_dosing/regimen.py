@@ -50,7 +50,7 @@ Linvoseltamab, IV 5 mg Day 1 (4 h), 25 mg Day 8, 200 mg Day 15 and weekly to wee
 
 Co-treatment with an oral gamma-secretase inhibitor into its own state, daily for 4 weeks::
 
-    teclistamab + Regimen.every(1, Bolus(100, state="gsi_depot"), start=0, count=28)
+    teclistamab + Regimen.every(1, Bolus(100, state="gsi"), start=0, count=28)
 
 A regimen without an end (``every`` without ``end``/``count``) is open-ended; it is cut at a horizon
 when compiled (``until``, or by default the last observation time).
