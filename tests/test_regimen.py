@@ -183,7 +183,7 @@ def test_explicit_days_and_per_kg_cap():
 
 
 def test_combined_co_treatment_order_and_states():
-    gsi = Regimen.every(1, Bolus(100, state="gsi"), start=0, count=3)
+    gsi = Regimen.every(1, Bolus(100, state="gsi_depot"), start=0, count=3)
     both = TECLISTAMAB + gsi
     assert both == Regimen.combine(TECLISTAMAB, gsi)
     table = both.dose_table(until=4)
@@ -259,7 +259,7 @@ def round_trip_cases():
         ("iv per kg", weekly_iv, iv_model, [0, 1 / 24, 7, 14.01, 30], dict(weights=[70, 90]), {}),
         (
             "co-treatment, two outputs, covariates",
-            TECLISTAMAB.pause(20, 34) + Regimen.every(1, Bolus(100, state="gsi"), start=0, count=28),
+            TECLISTAMAB.pause(20, 34) + Regimen.every(1, Bolus(100, state="gsi_depot"), start=0, count=28),
             TwoDrugs(),
             [0, 2, 13, 27, 41],
             dict(weights=[60, 80], outputs=("conc", "gsi_conc"), covariates={"AGE": [50, 61]}),
@@ -306,7 +306,7 @@ def test_simulated_concentrations_match_closed_form_superposition():
     k = p["cl"] / p["vc"]
     weights = np.array([55.0, 95.0])
     loading = Regimen.at(1, Infusion(0.5, duration=0.25, per_kg=True))
-    gsi = Regimen.every(1, Bolus(100, state="gsi"), start=2, count=10)
+    gsi = Regimen.every(1, Bolus(100, state="gsi_depot"), start=2, count=10)
     regimen = TECLISTAMAB.pause(13, 20) + loading + gsi + Regimen.at(9.25, Bolus(5.0))
     times = np.array([0.5, 1.1, 3.0, 6.0, 9.25, 13.0, 20.0, 24.0])
     ev = regimen.to_events(TwoDrugs(), times, weights=weights, outputs=("conc", "gsi_conc"))
@@ -393,7 +393,7 @@ def test_contradicting_phases_are_rejected():
 def test_switch_interval_needs_exactly_one_running_phase():
     with pytest.raises(ValueError, match=r"received a regimen with 0 periodic phases scheduled at or after 168"):
         Regimen.step_up([(0, SC(1)), (3, SC(2))]).switch_interval(14, at=168)
-    both = TECLISTAMAB + Regimen.every(1, Bolus(100, state="gsi"))
+    both = TECLISTAMAB + Regimen.every(1, Bolus(100, state="gsi_depot"))
     with pytest.raises(ValueError, match=r"received a regimen with 2 periodic phases.*before combining"):
         both.switch_interval(14, at=168)
 
