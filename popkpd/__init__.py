@@ -15,7 +15,9 @@ from ._dosing import (
     SC as SC,
     stack_events as stack_events,
 )
+from ._configfile import ConfigError as ConfigError, load_config as load_config
 from ._diagnostics import (
+    parameter_table as parameter_table,
     plot_eta_covariates as plot_eta_covariates,
     plot_gof as plot_gof,
     plot_individual_fits as plot_individual_fits,
