@@ -1,0 +1,342 @@
+"""Mechanism simulations of the BCMA x CD3 model family (docs/mechanisms.md).
+
+Every function simulates virtual patients at the drug's typical parameters (``TYPICAL``), changed
+only where named, and returns plain numbers (numpy arrays, dicts). Scenarios of one model are
+batched as subjects of one ``popkpd.simulate`` call; all calls of a model use the same padded
+shapes (``N_SUBJECTS`` subjects, ``N_DOSES`` dose columns, the grid ``TIMES``), so each model
+compiles once per process.
+
+Units: days, nmol, nM; sBCMA levels given in ng/mL (5.4 kDa, ``popkpd.SBCMA_MW_KDA``); tumour as
+N/N0; E:T = e0 / n0 (marrow T cells per myeloma cell at baseline).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+import popkpd
+
+from . import alnuctamab, teclistamab
+
+SBCMA_NG_ML = (0.0, 50.0, 100.0, 200.0, 400.0, 800.0)
+"""Baseline sBCMA grid of mechanism 1 (ng/mL)."""
+ET_RATIOS = (0.03, 0.1, 0.27, 1.0)
+"""Baseline marrow E:T grid (0.27 is the typical CAM26 value)."""
+HORIZON = 182.0
+"""Six months (days)."""
+TIMES = np.concatenate([np.arange(0.05, 14.0, 0.05), np.arange(14.0, HORIZON + 1e-9, 0.5)])
+"""Observation grid: 0.05 day over the priming fortnight (IL-6 peaks), then 0.5 day."""
+N_SUBJECTS = 32
+N_DOSES = 220
+KILL_DAY = 28.0
+"""Tumour reduction is read at day 28 (before eradication saturates it at typical values)."""
+GSI_DAILY = 100.0
+"""GSI dose (mg into state ``gsi``, daily for 28 days); ic50_gsi = 50 mg, k_gsi = 1 /day."""
+CRS_SLOPES = (1.3, 1.1)
+"""CRS logistic slope on ln IL-6 peak and high-burden effect (science.md L5 prior means);
+the intercept is set so that P(CRS) after step-up dose 1 at typical values is 0.43 [E]."""
+CRS_AFTER_SUD1 = 0.43
+
+
+def sbcma_nm(ng_ml):
+    return float(popkpd.ng_per_ml_to_nm(ng_ml, popkpd.SBCMA_MW_KDA)) if ng_ml > 0 else 0.0
+
+
+def _tec_sc(mg_per_kg):
+    return popkpd.SC(popkpd.mg_to_nmol(mg_per_kg, teclistamab.MW_KDA), per_kg=True)
+
+
+def run(model, typical, scenarios, weight=teclistamab.WEIGHT_KG):
+    """Simulate ``scenarios`` (a list of (regimen, parameter changes)) in one batched call.
+
+    Returns (outputs, states): dicts name -> [len(scenarios), len(TIMES)] arrays."""
+    if len(scenarios) > N_SUBJECTS:
+        raise ValueError(f"run: received {len(scenarios)} scenarios; expected at most {N_SUBJECTS}. "
+                         "Split them over several calls.")
+    padded = list(scenarios) + [scenarios[-1]] * (N_SUBJECTS - len(scenarios))
+    events = popkpd.stack_events(
+        [reg.to_events(model, TIMES, weights=[weight], until=HORIZON + 1) for reg, _ in padded],
+        min_doses=N_DOSES,
+    )
+    params = {name: np.array([changes.get(name, typical[name]) for _, changes in padded], dtype=float)
+              for name in model.parameters}
+    sol = popkpd.simulate(model, params, events)
+    n = len(scenarios)
+    out = np.asarray(sol.outputs)[:n]
+    st = np.asarray(sol.states)[:n]
+    return ({k: out[:, :, i] for i, k in enumerate(model.outputs)},
+            {k: st[:, :, i] for i, k in enumerate(model.states)})
+
+
+def _mean(values, t0=0.0, t1=KILL_DAY):
+    keep = (TIMES >= t0) & (TIMES <= t1)
+    return np.trapezoid(values[:, keep], TIMES[keep], axis=1) / (TIMES[keep][-1] - TIMES[keep][0])
+
+
+def _at(values, day):
+    return values[:, int(np.argmin(np.abs(TIMES - day)))]
+
+
+def _log_reduction(tumour, day=KILL_DAY):
+    """log10(N0 / N(day)): tumour reduction, in logs."""
+    return -np.log10(np.maximum(_at(tumour, day), 1e-300))
+
+
+def _et_changes(et, typical):
+    return {"e0": et * typical["n0"]}
+
+
+# --------------------------------------------------------------------------- 1 and 3
+def sbcma_and_et(drug=teclistamab):
+    """Mechanisms 1 and 3: baseline sBCMA grid x E:T grid at the drug's regimen.
+
+    Returns dict with ``sbcma_ng_ml`` [K], ``et`` [J], and [J, K] arrays: ``functional`` (mean
+    functional free drug over days 0-28, nM), ``trimers`` (mean trimers per tumour cell, days 0-28),
+    ``reduction`` (log10 tumour reduction at day 28), ``reduction_84`` (at day 84)."""
+    t = drug.TYPICAL
+    scen = [(drug.REGIMEN, {"s0": sbcma_nm(s), **_et_changes(et, t)}) for et in ET_RATIOS for s in SBCMA_NG_ML]
+    out, _ = run(drug.MODEL, t, scen)
+    shape = (len(ET_RATIOS), len(SBCMA_NG_ML))
+    return dict(
+        sbcma_ng_ml=np.array(SBCMA_NG_ML), et=np.array(ET_RATIOS),
+        functional=_mean(out["conc_functional"]).reshape(shape),
+        trimers=_mean(out["trimers_per_tumour_cell"]).reshape(shape),
+        reduction=_log_reduction(out["tumour"]).reshape(shape),
+        reduction_84=_log_reduction(out["tumour"], 84.0).reshape(shape),
+        tumour=out["tumour"].reshape(*shape, -1),
+    )
+
+
+# --------------------------------------------------------------------------- 2
+def valency():
+    """Mechanism 2: alnuctamab (2 BCMA arms) against a 1:1 binder with the same per-arm kd_s and
+    the same PK and regimen, over the sBCMA grid. Returns ``functional_fraction`` (mean over days
+    0-28 of functional / total drug) for ``bivalent`` and ``monovalent``, each [K]."""
+    mono = popkpd.BCMAModel(layers=5, valency=1)
+    res = {"sbcma_ng_ml": np.array(SBCMA_NG_ML)}
+    for name, model in (("bivalent", alnuctamab.MODEL), ("monovalent", mono)):
+        scen = [(alnuctamab.REGIMEN, {"s0": sbcma_nm(s)}) for s in SBCMA_NG_ML]
+        out, _ = run(model, alnuctamab.TYPICAL, scen)
+        res[name] = _mean(out["conc_functional"] / out["conc"])
+        res[name + "_functional"] = _mean(out["conc_functional"])
+    return res
+
+
+# --------------------------------------------------------------------------- 4
+BURDENS = (0.3, 1.0, 3.0)
+GSI_ET = (0.1, 0.27, 1.0)
+GSI_SBCMA_NG_ML = 400.0
+
+
+def gsi():
+    """Mechanism 4: GSI daily for 28 days with teclistamab, at baseline sBCMA 400 ng/mL, over tumour
+    burden (n0 x ``BURDENS``, sBCMA scaled with burden) x E:T (``GSI_ET``). Arms: no GSI, GSI, and
+    GSI without the membrane-BCMA rise (k_shed = 1e-6 /day: shedding still blocked, R_B stays at
+    R_B0). Returns [burden, E:T] arrays of log10 reduction at day 28 per arm, mean sBCMA over days
+    0-28 (nM) per arm, and ``bcma_benefit`` = reduction(GSI) - reduction(GSI without mBCMA rise)."""
+    t = teclistamab.TYPICAL
+    gsi_reg = teclistamab.REGIMEN + popkpd.Regimen.every(1, popkpd.Bolus(GSI_DAILY, state="gsi"), start=0, count=28)
+    arms = {"none": (teclistamab.REGIMEN, {}), "gsi": (gsi_reg, {}), "gsi_no_rise": (gsi_reg, {"k_shed": 1e-6})}
+    scen = []
+    for reg, extra in arms.values():
+        for b in BURDENS:
+            for et in GSI_ET:
+                scen.append((reg, {"n0": b * t["n0"], "e0": et * b * t["n0"],
+                                   "s0": b * sbcma_nm(GSI_SBCMA_NG_ML), **extra}))
+    out, _ = run(teclistamab.MODEL, t, scen)
+    shape = (len(arms), len(BURDENS), len(GSI_ET))
+    red = _log_reduction(out["tumour"]).reshape(shape)
+    sb = _mean(out["sbcma_total"]).reshape(shape)
+    fold = out["bcma_fold"].max(axis=1).reshape(shape)
+    res = {"burden": np.array(BURDENS), "et": np.array(GSI_ET)}
+    for i, arm in enumerate(arms):
+        res[f"reduction_{arm}"] = red[i]
+        res[f"sbcma_{arm}"] = sb[i]
+        res[f"bcma_fold_{arm}"] = fold[i]
+    res["bcma_benefit"] = red[1] - red[2]
+    return res
+
+
+# --------------------------------------------------------------------------- 5
+PERSISTENT = {"kmax": 0.1, "kg": 0.03}
+"""Persistent-disease patient of mechanism 5: kmax -2.0 log-SD and kg +1.3 log-SD from typical, so
+that tumour (and hence T-cell engagement) persists past the schedule changes at day 34."""
+
+
+def _schedules():
+    full = _tec_sc(1.5)
+    prime = popkpd.Regimen.step_up([(0, _tec_sc(0.06)), (3, _tec_sc(0.3))])
+    qw = prime.then_every(7, full, start=6)
+    tfi = qw
+    for a in range(34, int(HORIZON), 42):  # 2 weeks off after every 4 weeks of full doses
+        tfi = tfi.pause(a, a + 14)
+    return {"QW continuous": qw, "QW with 2-week TFIs": tfi,
+            "Q2W from week 5": qw.switch_interval(14, at=34), "Q4W from week 5": qw.switch_interval(28, at=34)}
+
+
+def exhaustion():
+    """Mechanism 5: teclistamab schedules (continuous QW, QW with 2-week treatment-free intervals
+    after every 4 full doses from day 34, step-down to Q2W or Q4W from day 34) in a patient with
+    persistent disease (``PERSISTENT``) and in the typical patient. Returns per
+    schedule the mean exhausted T cells X/E0 over days 34-182 (``exhausted``) and over the whole
+    course, and the tumour at day 182, for both patients."""
+    t = teclistamab.TYPICAL
+    sch = _schedules()
+    patients = {"persistent": dict(PERSISTENT), "typical": {}}
+    scen = [(reg, ch) for ch in patients.values() for reg in sch.values()]
+    out, st = run(teclistamab.MODEL, t, scen)
+    n = len(sch)
+    res = {"schedules": list(sch)}
+    for k, p in enumerate(patients):
+        rows = slice(k * n, (k + 1) * n)
+        res[p] = dict(
+            exhausted=_mean(st["t_exhausted"][rows], 34.0, HORIZON),
+            exhausted_all=_mean(st["t_exhausted"][rows], 0.0, HORIZON),
+            tumour_end=_at(out["tumour"][rows], HORIZON),
+            exhausted_curve=st["t_exhausted"][rows],
+            exhausted_day34=_at(st["t_exhausted"][rows], 34.0),
+            trimers_per_t_cell=_mean(out["trimers_per_t_cell"][rows], 34.0, HORIZON),
+        )
+    return res
+
+
+# --------------------------------------------------------------------------- 6
+DEBULK = (1.0, 0.5, 0.25, 0.1)
+
+
+def debulking(sbcma_ng_ml=400.0):
+    """Mechanism 6: debulking before teclistamab: baseline tumour n0 x f for f in ``DEBULK``, with
+    sBCMA, M-protein and sFLC scaled by f (sBCMA tracks burden, science.md §1.5) and T cells
+    unchanged (E:T = 0.27 / f). Starting from baseline sBCMA ``sbcma_ng_ml`` at f = 1. Returns
+    [F] arrays: ``sbcma_ng_ml``, ``et``, ``reduction`` (log10 at day 28, relative to the debulked
+    baseline), ``functional`` (mean functional drug days 0-28)."""
+    t = teclistamab.TYPICAL
+    scen = [(teclistamab.REGIMEN, {"n0": f * t["n0"], "s0": f * sbcma_nm(sbcma_ng_ml), "m0": f * t["m0"],
+                                   "l0": f * t["l0"]}) for f in DEBULK]
+    out, _ = run(teclistamab.MODEL, t, scen)
+    return dict(fraction=np.array(DEBULK), sbcma_ng_ml=sbcma_ng_ml * np.array(DEBULK),
+                et=t["e0"] / (t["n0"] * np.array(DEBULK)), reduction=_log_reduction(out["tumour"]),
+                functional=_mean(out["conc_functional"]), tumour=out["tumour"])
+
+
+# --------------------------------------------------------------------------- 7
+def step_up():
+    """Mechanism 7: teclistamab step-up (0.06, 0.3 mg/kg, then 1.5 mg/kg weekly from day 6)
+    against a full first dose (1.5 mg/kg weekly from day 0). Returns the serum IL-6 peak after the
+    first dose and over the first week (pg/mL), P(CRS) after the first dose and the probability of
+    at least one CRS over the first 13 days (dose intervals independent), and the IL-6 curves."""
+    full = _tec_sc(1.5)
+    regs = {"step-up": teclistamab.REGIMEN, "full first dose": popkpd.Regimen.every(7, full, start=0)}
+    out, _ = run(teclistamab.MODEL, teclistamab.TYPICAL, [(r, {}) for r in regs.values()])
+    il6 = out["il6"]
+    dose_times = {"step-up": [0.0, 3.0, 6.0], "full first dose": [0.0, 7.0]}
+    early = TIMES < 13.0
+    peaks = {k: np.asarray(popkpd.peak_per_interval(TIMES[early], il6[i, early], np.array(dose_times[k])))
+             for i, k in enumerate(regs)}
+    a1, a2 = CRS_SLOPES
+    a0 = math.log(CRS_AFTER_SUD1 / (1 - CRS_AFTER_SUD1)) - a1 * math.log(peaks["step-up"][0])
+    coefs = np.array([a0, a1, a2])
+    res = {"il6": il6, "coefs": coefs}
+    for k in regs:
+        p = np.asarray(popkpd.crs_probability(peaks[k], 0.0, coefs))
+        res[k] = dict(first_peak=float(peaks[k][0]), week_peak=float(il6[list(regs).index(k), TIMES < 7.0].max()),
+                      peaks=peaks[k], p_first=float(p[0]), p_any=float(1 - np.prod(1 - p)))
+    return res
+
+
+# --------------------------------------------------------------------------- figures
+def make_figures(outdir, results=None):
+    """One PNG per mechanism in ``outdir``; ``results`` (from ``all_mechanisms``) avoids re-running."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = results or all_mechanisms()
+    os.makedirs(outdir, exist_ok=True)
+    paths = []
+
+    def save(fig, name):
+        path = os.path.join(outdir, name)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+
+    m = r["sbcma_and_et"]
+    typ = list(ET_RATIOS).index(0.27)
+    fig, ax = plt.subplots(1, 3, figsize=(12, 3.6))
+    x = m["sbcma_ng_ml"]
+    ax[0].plot(x, m["functional"][typ], "o-"); ax[0].set_ylabel("functional drug, mean d0-28 (nM)")
+    ax[1].plot(x, m["trimers"][typ], "o-"); ax[1].set_ylabel("trimers / tumour cell, mean d0-28")
+    ax[2].plot(x, m["reduction"][typ], "o-", label="day 28")
+    ax[2].plot(x, np.minimum(m["reduction_84"][typ], 12), "s--", label="day 84 (capped at 12)")
+    ax[2].set_ylabel("log10 tumour reduction"); ax[2].legend()
+    for a in ax:
+        a.set_xlabel("baseline sBCMA (ng/mL)")
+    fig.suptitle("1. teclistamab, typical patient (E:T 0.27): rising baseline sBCMA")
+    save(fig, "mechanism1_sbcma.png")
+
+    v = r["valency"]
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.plot(v["sbcma_ng_ml"], v["bivalent"], "o-", label="2:1 (alnuctamab)")
+    ax.plot(v["sbcma_ng_ml"], v["monovalent"], "s-", label="1:1, same per-arm kd_s")
+    ax.set_xlabel("baseline sBCMA (ng/mL)"); ax.set_ylabel("functional / total drug, mean d0-28"); ax.legend()
+    ax.set_title("2. valency and the sBCMA sink")
+    save(fig, "mechanism2_valency.png")
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for j, et in enumerate(ET_RATIOS):
+        ax.plot(m["sbcma_ng_ml"], m["reduction"][j], "o-", label=f"E:T {et:g}")
+    ax.set_xlabel("baseline sBCMA (ng/mL)"); ax.set_ylabel("log10 tumour reduction, day 28"); ax.legend()
+    ax.set_title("3. E:T ratio x sBCMA (teclistamab)")
+    save(fig, "mechanism3_et.png")
+
+    g = r["gsi"]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    labels = [f"burden x{b:g}\nE:T {e:g}" for b in g["burden"] for e in g["et"]]
+    xs = np.arange(len(labels))
+    for k, arm in enumerate(("none", "gsi", "gsi_no_rise")):
+        ax[0].bar(xs + (k - 1) * 0.27, g[f"reduction_{arm}"].ravel(), 0.27, label=arm)
+    ax[0].set_xticks(xs, labels, fontsize=6); ax[0].set_ylabel("log10 reduction, day 28"); ax[0].legend(fontsize=7)
+    ax[1].bar(xs, g["bcma_benefit"].ravel()); ax[1].axhline(0, color="k", lw=0.5)
+    ax[1].set_xticks(xs, labels, fontsize=6); ax[1].set_ylabel("benefit of the membrane-BCMA rise (logs)")
+    fig.suptitle(f"4. GSI with teclistamab (baseline sBCMA {GSI_SBCMA_NG_ML:g} ng/mL x burden)")
+    save(fig, "mechanism4_gsi.png")
+
+    e = r["exhaustion"]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    for k, p in enumerate(("persistent", "typical")):
+        for i, name in enumerate(e["schedules"]):
+            ax[k].plot(TIMES, e[p]["exhausted_curve"][i], label=name)
+        ax[k].set_xlabel("day"); ax[k].set_ylabel("exhausted T cells X/E0"); ax[k].set_title(p + " patient")
+    ax[0].legend(fontsize=7)
+    fig.suptitle("5. exhaustion: continuous vs treatment-free intervals / step-down (teclistamab)")
+    save(fig, "mechanism5_exhaustion.png")
+
+    d = r["debulking"]
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for i, f in enumerate(d["fraction"]):
+        ax.semilogy(TIMES, np.maximum(d["tumour"][i], 1e-12), label=f"n0 x {f:g} (E:T {d['et'][i]:.2g})")
+    ax.set_xlabel("day"); ax.set_ylabel("N / N0 (own baseline)"); ax.legend(fontsize=7)
+    ax.set_title("6. debulking (sBCMA 400 ng/mL at full burden)")
+    save(fig, "mechanism6_debulking.png")
+
+    s = r["step_up"]
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    early = TIMES < 14
+    for i, k in enumerate(("step-up", "full first dose")):
+        ax.plot(TIMES[early], s["il6"][i, early], label=f"{k}: P(CRS, dose 1) {s[k]['p_first']:.2f}")
+    ax.set_xlabel("day"); ax.set_ylabel("serum IL-6 (pg/mL)"); ax.legend(fontsize=7)
+    ax.set_title("7. step-up dosing and first-dose IL-6 (teclistamab)")
+    save(fig, "mechanism7_step_up.png")
+    return paths
+
+
+def all_mechanisms():
+    """All seven mechanism results in a dict (mechanisms 1 and 3 share one simulation)."""
+    return dict(sbcma_and_et=sbcma_and_et(), valency=valency(), gsi=gsi(), exhaustion=exhaustion(),
+                debulking=debulking(), step_up=step_up())
