@@ -32,6 +32,7 @@ from ._diagnostics import (
 from ._events import Events as Events
 from ._inference import Fit as Fit, fit as fit, load_fit as load_fit
 from ._ode.analytic import closed_form as closed_form
+from ._response import RESPONSE_CATEGORIES as RESPONSE_CATEGORIES, Response as Response, imwg_response as imwg_response
 from ._ode.simulate import Solution as Solution, SolverError as SolverError, simulate as simulate
 from ._statistical import (
     LKJ as LKJ,

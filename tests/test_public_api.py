@@ -9,7 +9,7 @@ PUBLIC = {
     "Power", "Proportional", "Regimen", "SC", "Solution", "SolverError", "ThreeCompartment", "TwoCompartment",
     "closed_form", "fit", "load_dataset", "load_fit", "plot_eta_covariates", "plot_gof", "plot_individual_fits",
     "plot_npde", "plot_trace", "plot_vpc", "predictions", "read_nonmem", "shrinkage", "simulate", "stack_events",
-    "vpc", "write_report",
+    "vpc", "write_report", "imwg_response", "Response", "RESPONSE_CATEGORIES",
 }
 
 
