@@ -198,3 +198,21 @@ def test_unknown_sensitivity_is_explained():
     with pytest.raises(ValueError, match=r"sensitivity='adjoint'.*expected 'reverse'.*'forward'"):
         simulate(popkpd.TwoCompartment(), dict(cl=0.5, vc=4.0, q=0.5, vp=3.0, ka=0.3), _weekly_events(1),
                  sensitivity="adjoint")
+
+
+@pytest.mark.parametrize("solver", ["expm", "tsit5"])
+def test_overlapping_steady_state_infusion_is_refused_with_a_clear_error(solver):
+    # SS=1 infusion of 100 over 30 h (rate 100/30) every 24 h: the virtual train overlaps, which
+    # simulate's steady state does not cover (closed_form does): an error naming the subject
+    from popkpd import SolverError
+
+    doses = [dict(time=0.0, amt=100.0, cmt=0, rate=100.0 / 30.0, ss=1, ii=24.0)]
+    obs = [dict(time=t) for t in (1.0, 12.0, 30.0)]
+    ev = make_events([(doses, obs), ([dict(time=0.0, amt=100.0, cmt=0, rate=100.0 / 20.0, ss=1, ii=24.0)], obs)])
+    model = make_model(2, False)
+    p = make_params(2, False)
+    with pytest.raises(SolverError, match=r"1 of 2 subjects:\n  subject 0: a steady-state infusion .* lasts longer"):
+        simulate(model, p, ev, solver=solver)
+    sol = simulate(model, p, ev, solver=solver, throw=False)
+    assert np.isnan(np.asarray(sol.pred[0])).all() and np.isfinite(np.asarray(sol.pred[1])).all()
+    np.testing.assert_allclose(sol.pred[1], closed_form(model, p, ev).pred[1], rtol=1e-6)

@@ -418,6 +418,13 @@ def _solve_subject(model, params, ev, config: _Config):
         return model.output(t, y_t, p_at(t))
 
     outs = jax.vmap(outputs_at)(sch["o_t"], out)
+    if config.has_ss:
+        # the steady state of an SS infusion is derived for duration <= II (no overlapping infusions
+        # of the virtual train; closed_form covers overlap): refuse, with NaN predictions
+        ev_ = sch["sorted_ev"]
+        overlap = jnp.any(ev_["ss"] & (ev_["rate"] > 0) & (ev_["dur"] > ev_["ii"]))
+        res = jnp.where(overlap, _SS_OVERLAP, res)
+        outs = jnp.where(overlap, jnp.nan, outs)
     return outs, out, res, steps
 
 
@@ -476,6 +483,7 @@ def _static_flags(model, events: Events, params: dict):
 
 
 _SLOT_OVERFLOW = -2  # result code: an interval had more observations than obs_slots (a bug if seen)
+_SS_OVERLAP = -3  # result code: a steady-state infusion lasts longer than its II
 
 
 def _obs_slots(model, events: Events) -> int:
@@ -584,6 +592,9 @@ def simulate(
         throw: when called outside a trace, raise ``SolverError`` naming the failed subjects and
             their parameter values. Inside jit / inference the per-subject ``result`` is returned.
         subject_ids: names for the subjects in error messages (defaults to 0-based indices).
+
+    A steady-state infusion (SS=1 with RATE) must not last longer than its II here: such a subject
+    fails with a clear error (NaN predictions inside a trace); ``closed_form`` covers that case.
     """
     n_sub = events.n_subjects
     params = check_params(model, params, n_sub)
@@ -623,6 +634,10 @@ def simulate(
                 why = ("non-finite predictions" if res[i] == -1 else
                        "internal error: more observations in a dose interval than planned (please report)"
                        if res[i] == _SLOT_OVERFLOW else
+                       "a steady-state infusion (SS=1) lasts longer than its dosing interval II; simulate's "
+                       "steady state needs duration <= II: use closed_form (PopulationModel method="
+                       "'closed_form'), which covers overlapping infusions, or a shorter infusion"
+                       if res[i] == _SS_OVERLAP else
                        f"diffrax result code {int(res[i])} (e.g. max_steps={max_steps} reached)")
                 lines.append(f"  subject {ids[i]}: {why}; parameters {values}")
             raise SolverError(
