@@ -30,6 +30,24 @@ from ._diagnostics import (
     write_report as write_report,
 )
 from ._events import Events as Events
+from ._optimise import (
+    Constraint as Constraint,
+    Patient as Patient,
+    RegimenGrid as RegimenGrid,
+    condition_on_data as condition_on_data,
+    evaluate as evaluate_regimens,
+    fit_draws as fit_draws,
+    prior_draws as prior_draws,
+    refine as refine_regimen,
+    search as search_regimens,
+)
+from ._trial import (
+    TrialDesign as TrialDesign,
+    VirtualPopulation as VirtualPopulation,
+    sample_population as sample_population,
+    simulate_trial as simulate_trial,
+    summarise_trial as summarise_trial,
+)
 from ._inference import Fit as Fit, fit as fit, load_fit as load_fit
 from ._ode.analytic import closed_form as closed_form
 from ._response import RESPONSE_CATEGORIES as RESPONSE_CATEGORIES, Response as Response, imwg_response as imwg_response

@@ -1,4 +1,4 @@
-"""Command line: ``popkpd demo | fit CONFIG | report FIT_DIR | simulate``.
+"""Command line: ``popkpd demo | fit CONFIG | report FIT_DIR | simulate TRIAL | dose QUERY``.
 
 Thin commands over the public API. CPU chains: the command line asks XLA for as many host
 devices as chains (``--xla_force_host_platform_device_count``) before JAX starts, so that chains
@@ -100,6 +100,13 @@ def main(argv=None) -> int:
     p = sub.add_parser("report", help="write diagnostics (PNG, CSV, summary.md) for a saved fit")
     p.add_argument("fit_dir", help="the folder of a fit (holding fit.nc), or the fit.nc file")
     p.set_defaults(func=cmd_report, chains=1)
+
+    # importing these does not start JAX's backend, so _host_devices below still applies
+    from ._optimise import add_dose_parser
+    from ._trial import add_simulate_parser
+
+    add_simulate_parser(sub)
+    add_dose_parser(sub)
 
     args = parser.parse_args(argv)
     _host_devices(max(getattr(args, "chains", None) or 4, 1))
