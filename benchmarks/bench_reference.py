@@ -187,14 +187,18 @@ def main(argv=None) -> str:
         rows = []
         common = ["--chains", str(args.chains), "--warmup", str(args.warmup), "--draws", str(args.draws),
                   "--seed", str(args.seed), "--data", data]
+        def done(row):  # print each row as it finishes: a long run interrupted keeps what it measured
+            rows.append(row)
+            print("row:", json.dumps(row), flush=True)
+
         for path in args.paths:
-            rows.append(run_child("benchmarks.bench_reference", ["--row", path, *common]))
+            done(run_child("benchmarks.bench_reference", ["--row", path, *common]))
         if not args.no_stan:
             if _stan_available():
                 for kind in args.stan:
                     row = run_child("benchmarks.stan.run_stan", [kind, *common])
                     row["path"] = f"stan {kind}"
-                    rows.append(row)
+                    done(row)
             else:
                 text += ["", "Stan rows skipped: pystan is not installed (pip install -e '.[bench]')."]
         stan = {r["path"]: r["ess_per_s"] for r in rows if r["tool"] == "stan"}
