@@ -34,7 +34,7 @@ import numpy as np
 TYPICAL = dict(
     cl=0.449, vc=4.13, q=0.039, vp=1.34, ka=0.133, f_bio=0.72,
     kd_s=0.5, k_s=0.55, k_x=0.043, s0=8.0,
-    p_bm=0.5, v_bm=1.75, kd_b=0.18, kd_3=28.0, r_b0=5000.0, r_cd3=6e4, n0=6.55e9, e0=1.8e9, chi=100.0,
+    p_bm=0.5, v_bm=1.75, kd_b=0.18, kd_3=28.0, r_b0=5000.0, r_cd3=6e4, n0=6.55e9, e0=1.8e9, chi=100.0, x_sbm=9.0,
     kg=0.008, nmax_rel=10.0, kmax=0.5, s_et=0.25, tau50_n=1000.0, hill_n=1.0, tau50_e=300.0, hill_e=1.0,
     eps_kill=0.1, k_out=0.05, k_act=2.0, k_exp=1.0, tcap_rel=10.0, k_con=0.1, k_exh=0.1, k_rec=0.3, k_dx=0.05,
     k_m=0.05, m0=20.0, k_l=4.0, l0=400.0,

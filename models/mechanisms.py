@@ -90,23 +90,44 @@ def _et_changes(et, typical):
 
 
 # --------------------------------------------------------------------------- 1 and 3
+VISITS = np.arange(28.0, HORIZON, 28.0)
+"""IMWG assessment visits (days 28, 56, ..., 168: monthly, as in MajesTEC-1)."""
+
+
+def best_response(m_protein):
+    """IMWG best confirmed response (``popkpd.imwg_response``, M-protein at ``VISITS``) as names."""
+    best = np.asarray(popkpd.imwg_response(TIMES, m_protein, visits=VISITS).best)
+    return np.array([popkpd.RESPONSE_CATEGORIES[int(k)] for k in best])
+
+
 def sbcma_and_et(drug=teclistamab):
-    """Mechanisms 1 and 3: baseline sBCMA grid x E:T grid at the drug's regimen.
+    """Mechanisms 1 and 3: baseline sBCMA grid x E:T grid at the drug's regimen, plus the typical
+    patient itself (baseline sBCMA = the drug's typical s0, 45 ng/mL).
 
     Returns dict with ``sbcma_ng_ml`` [K], ``et`` [J], and [J, K] arrays: ``functional`` (mean
-    functional free drug over days 0-28, nM), ``trimers`` (mean trimers per tumour cell, days 0-28),
-    ``reduction`` (log10 tumour reduction at day 28), ``reduction_84`` (at day 84)."""
+    functional free drug in serum over days 0-28, nM), ``functional_bm`` (the same in the marrow,
+    after the marrow sBCMA excess), ``trimers`` (mean trimers per tumour cell, days 0-28),
+    ``reduction`` (log10 tumour reduction at day 28), ``reduction_84`` (at day 84), ``tumour_end``
+    (N/N0 at day 182), ``best`` (IMWG best confirmed response over six months); ``typical_best``,
+    ``typical_reduction``: the typical patient's best response and day-28 reduction."""
     t = drug.TYPICAL
     scen = [(drug.REGIMEN, {"s0": sbcma_nm(s), **_et_changes(et, t)}) for et in ET_RATIOS for s in SBCMA_NG_ML]
+    scen.append((drug.REGIMEN, {}))
     out, _ = run(drug.MODEL, t, scen)
     shape = (len(ET_RATIOS), len(SBCMA_NG_ML))
+    grid = slice(0, len(scen) - 1)
+    best = best_response(out["m_protein"])
     return dict(
         sbcma_ng_ml=np.array(SBCMA_NG_ML), et=np.array(ET_RATIOS),
-        functional=_mean(out["conc_functional"]).reshape(shape),
-        trimers=_mean(out["trimers_per_tumour_cell"]).reshape(shape),
-        reduction=_log_reduction(out["tumour"]).reshape(shape),
-        reduction_84=_log_reduction(out["tumour"], 84.0).reshape(shape),
-        tumour=out["tumour"].reshape(*shape, -1),
+        functional=_mean(out["conc_functional"][grid]).reshape(shape),
+        functional_bm=_mean(out["conc_functional_bm"][grid]).reshape(shape),
+        trimers=_mean(out["trimers_per_tumour_cell"][grid]).reshape(shape),
+        reduction=_log_reduction(out["tumour"][grid]).reshape(shape),
+        reduction_84=_log_reduction(out["tumour"][grid], 84.0).reshape(shape),
+        tumour_end=_at(out["tumour"][grid], HORIZON).reshape(shape),
+        best=best[grid].reshape(shape),
+        tumour=out["tumour"][grid].reshape(*shape, -1),
+        typical_best=str(best[-1]), typical_reduction=float(_log_reduction(out["tumour"][-1:])[0]),
     )
 
 
@@ -162,8 +183,8 @@ def gsi():
 
 # --------------------------------------------------------------------------- 5
 PERSISTENT = {"kmax": 0.1, "kg": 0.03}
-"""Persistent-disease patient of mechanism 5: kmax -2.0 log-SD and kg +1.3 log-SD from typical, so
-that tumour (and hence T-cell engagement) persists past the schedule changes at day 34."""
+"""Persistent-disease (slow-kill) patient of mechanism 5: kmax -2.0 log-SD and kg +1.3 log-SD from
+typical, so that tumour (and hence T-cell engagement) persists past the schedule changes at day 34."""
 
 
 def _schedules():
@@ -270,11 +291,17 @@ def make_figures(outdir, results=None):
     typ = list(ET_RATIOS).index(0.27)
     fig, ax = plt.subplots(1, 3, figsize=(12, 3.6))
     x = m["sbcma_ng_ml"]
-    ax[0].plot(x, m["functional"][typ], "o-"); ax[0].set_ylabel("functional drug, mean d0-28 (nM)")
-    ax[1].plot(x, m["trimers"][typ], "o-"); ax[1].set_ylabel("trimers / tumour cell, mean d0-28")
+    ax[0].semilogy(x, m["functional"][typ], "o-", label="serum")
+    ax[0].semilogy(x, m["functional_bm"][typ], "s-", label="marrow")
+    ax[0].set_ylabel("functional drug, mean d0-28 (nM)"); ax[0].legend()
+    ax[1].semilogy(x, np.maximum(m["trimers"][typ], 1e-3), "o-"); ax[1].set_ylabel("trimers / tumour cell, mean d0-28")
     ax[2].plot(x, m["reduction"][typ], "o-", label="day 28")
     ax[2].plot(x, np.minimum(m["reduction_84"][typ], 12), "s--", label="day 84 (capped at 12)")
-    ax[2].set_ylabel("log10 tumour reduction"); ax[2].legend()
+    for xi, yi, b in zip(x, np.minimum(m["reduction_84"][typ], 12), m["best"][typ]):
+        ax[2].annotate(b, (xi, yi), textcoords="offset points", xytext=(0, 5), fontsize=7, ha="center")
+    ax[2].axhline(0, color="k", lw=0.5)
+    ax[2].set_ylabel("log10 tumour reduction"); ax[2].legend(fontsize=7, loc="center left")
+    ax[2].set_title("labels: IMWG best response, 6 months", fontsize=8)
     for a in ax:
         a.set_xlabel("baseline sBCMA (ng/mL)")
     fig.suptitle("1. teclistamab, typical patient (E:T 0.27): rising baseline sBCMA")
@@ -303,7 +330,7 @@ def make_figures(outdir, results=None):
         ax[0].bar(xs + (k - 1) * 0.27, g[f"reduction_{arm}"].ravel(), 0.27, label=arm)
     ax[0].set_xticks(xs, labels, fontsize=6); ax[0].set_ylabel("log10 reduction, day 28"); ax[0].legend(fontsize=7)
     ax[1].bar(xs, g["bcma_benefit"].ravel()); ax[1].axhline(0, color="k", lw=0.5)
-    ax[1].set_xticks(xs, labels, fontsize=6); ax[1].set_ylabel("benefit of the membrane-BCMA rise (logs)")
+    ax[1].set_xticks(xs, labels, fontsize=6); ax[1].set_ylabel("effect of the membrane-BCMA rise (logs)")
     fig.suptitle(f"4. GSI with teclistamab (baseline sBCMA {GSI_SBCMA_NG_ML:g} ng/mL x burden)")
     save(fig, "mechanism4_gsi.png")
 
@@ -336,7 +363,105 @@ def make_figures(outdir, results=None):
     return paths
 
 
+SENSITIVITY = {"x_sbm": (0.0, 3.0, 9.0, 30.0), "tau50_n": (10.0, 24.0, 100.0)}
+"""Values of the marrow sBCMA excess and of tau50_n for ``sensitivity`` (typical: 9 and 24)."""
+
+
+def sensitivity(drug=teclistamab):
+    """Mechanism 1 under other values of the two parameters it rests on: x_sbm (``SENSITIVITY``,
+    tau50_n typical) and tau50_n (x_sbm typical), each over the sBCMA grid, typical E:T. Returns
+    {parameter: {value: (reduction at day 28 [K], IMWG best response [K])}}."""
+    t = drug.TYPICAL
+    res = {}
+    for name, values in SENSITIVITY.items():
+        scen = [(drug.REGIMEN, {name: v, "s0": sbcma_nm(s)}) for v in values for s in SBCMA_NG_ML]
+        out, _ = run(drug.MODEL, t, scen)
+        red = _log_reduction(out["tumour"]).reshape(len(values), -1)
+        best = best_response(out["m_protein"]).reshape(len(values), -1)
+        res[name] = {v: (red[i], best[i]) for i, v in enumerate(values)}
+    return res
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def report(r, sens=None):
+    """The tables of docs/mechanisms.md (markdown) from ``all_mechanisms()`` and ``sensitivity()``."""
+    f2, f3 = (lambda x: f"{x:.2f}"), (lambda x: f"{x:.3g}")
+    out = []
+    m = r["sbcma_and_et"]
+    typ = list(ET_RATIOS).index(0.27)
+    sb = [f"{x:g}" for x in m["sbcma_ng_ml"]]
+    out.append("### 1. teclistamab, typical patient (E:T 0.27)\n\n" + _table(["sBCMA ng/mL", *sb], [
+        ["functional drug in serum, mean d0-28 (nM)", *map(f3, m["functional"][typ])],
+        ["functional drug in marrow, mean d0-28 (nM)", *map(f3, m["functional_bm"][typ])],
+        ["trimers / tumour cell, mean d0-28", *map(f3, m["trimers"][typ])],
+        ["log10 reduction, day 28", *map(f2, m["reduction"][typ])],
+        ["log10 reduction, day 84", *map(f2, m["reduction_84"][typ])],
+        ["N/N0 at day 182", *map(f3, m["tumour_end"][typ])],
+        ["IMWG best response (6 months)", *m["best"][typ]]]))
+    out.append(f"Typical patient (s0 = typical, 45 ng/mL): day-28 reduction {m['typical_reduction']:.2f} logs, "
+               f"best response {m['typical_best']}.")
+    out.append("### 3. log10 reduction at day 28 (IMWG best response), E:T x sBCMA\n\n" + _table(
+        ["E:T \\ sBCMA", *sb],
+        [[f"{et:g}", *(f"{x:.2f} ({b})" for x, b in zip(m["reduction"][j], m["best"][j]))]
+         for j, et in enumerate(ET_RATIOS)]))
+    if sens is not None:
+        rows = []
+        for name, per in sens.items():
+            for v, (red, best) in per.items():
+                rows.append([f"{name} = {v:g}", *(f"{x:.2f} ({b})" for x, b in zip(red, best))])
+        out.append("### 1, sensitivity: log10 reduction day 28 (best response)\n\n" + _table(["", *sb], rows))
+    v = r["valency"]
+    out.append("### 2. functional / total drug, mean d0-28\n\n" + _table(
+        ["sBCMA ng/mL", *[f"{x:g}" for x in v["sbcma_ng_ml"]]],
+        [["2:1", *map(f2, v["bivalent"])], ["1:1", *map(f2, v["monovalent"])]]))
+    g = r["gsi"]
+    ets = [f"E:T {e:g}" for e in g["et"]]
+    for key, title in (("reduction_none", "log10 reduction d28, no GSI"),
+                       ("reduction_gsi", "log10 reduction d28, GSI"),
+                       ("reduction_gsi_no_rise", "log10 reduction d28, GSI without the membrane-BCMA rise"),
+                       ("bcma_benefit", "effect of the membrane-BCMA rise (GSI minus GSI without rise, logs)")):
+        out.append(f"### 4. {title}\n\n" + _table(["burden", *ets], [
+            [f"x{b:g}", *map(f2, g[key][i])] for i, b in enumerate(g["burden"])]))
+    drop = 1 - g["sbcma_gsi"] / g["sbcma_none"]
+    out.append(f"GSI lowers mean sBCMA (days 0-28) by {100 * drop.min():.0f}-{100 * drop.max():.0f}%; "
+               f"membrane BCMA peaks at {g['bcma_fold_gsi'].max():.2f} x R_B0.")
+    e = r["exhaustion"]
+    rows = []
+    for p in ("persistent", "typical"):
+        rows.append([f"{p}: mean X/E0 days 34-182", *map(f3, e[p]["exhausted"])])
+        rows.append([f"{p}: X/E0 at day 34", *map(f3, e[p]["exhausted_day34"])])
+        rows.append([f"{p}: N/N0 at day 182", *map(f3, e[p]["tumour_end"])])
+    out.append("### 5. exhaustion by schedule\n\n" + _table(["", *e["schedules"]], rows))
+    d = r["debulking"]
+    out.append("### 6. debulking\n\n" + _table(["f", *[f"{x:g}" for x in d["fraction"]]], [
+        ["sBCMA ng/mL", *[f"{x:g}" for x in d["sbcma_ng_ml"]]], ["E:T", *map(f2, d["et"])],
+        ["functional drug d0-28 (nM)", *map(f3, d["functional"])],
+        ["log10 reduction, day 28", *map(f2, d["reduction"])]]))
+    s = r["step_up"]
+    arms = ("step-up", "full first dose")
+    out.append("### 7. step-up\n\n" + _table(["", *arms], [
+        ["serum IL-6 peak after dose 1 (pg/mL)", *(f"{s[k]['first_peak']:.1f}" for k in arms)],
+        ["IL-6 peaks per interval, first 13 days", *(" / ".join(f"{x:.1f}" for x in s[k]["peaks"]) for k in arms)],
+        ["P(CRS) after dose 1", *(f"{s[k]['p_first']:.2f}" for k in arms)],
+        ["P(>= 1 CRS, first 13 days)", *(f"{s[k]['p_any']:.2f}" for k in arms)]]))
+    out.append(f"CRS intercept a0 = {s['coefs'][0]:.2f}.")
+    return "\n\n".join(out) + "\n"
+
+
 def all_mechanisms():
     """All seven mechanism results in a dict (mechanisms 1 and 3 share one simulation)."""
     return dict(sbcma_and_et=sbcma_and_et(), valency=valency(), gsi=gsi(), exhaustion=exhaustion(),
                 debulking=debulking(), step_up=step_up())
+
+
+if __name__ == "__main__":  # python -m models.mechanisms [outdir]: figures and the tables of docs/mechanisms.md
+    import sys
+
+    results = all_mechanisms()
+    make_figures(sys.argv[1] if len(sys.argv) > 1 else os.path.join("docs", "figures"), results)
+    print(report(results, sensitivity()))

@@ -31,7 +31,14 @@ from popkpd._structural.crs import (
     peak_per_interval,
 )
 from popkpd._structural.linear import TwoCompartment
-from popkpd._structural.sink import complex_amount, free_amounts, free_sbcma, functional_fraction, occupancy
+from popkpd._structural.sink import (
+    complex_amount,
+    free_amounts,
+    free_sbcma,
+    functional_fraction,
+    marrow_excess_binding,
+    occupancy,
+)
 from popkpd._structural.trimer import trimer_qe
 from popkpd._structural.units import (
     AVOGADRO,
@@ -50,7 +57,7 @@ P = dict(
     cl=0.449, cl2=0.547, kdes=0.0292, imax_cl=-0.4, t50_cl=5.0, hill_cl=2.0,
     vc=4.13, q=0.039, vp=1.34, ka=0.133, f_bio=0.72,
     kd_s=0.5, k_s=0.55, k_x=0.043, s0=8.0, v_s=15.4, v_x=3.8,
-    p_bm=0.5, v_bm=1.75, kd_b=0.18, kd_3=28.0, r_b0=5000.0, r_cd3=6e4, n0=6.55e9, e0=1.8e9, chi=100.0,
+    p_bm=0.5, x_sbm=3.0, v_bm=1.75, kd_b=0.18, kd_3=28.0, r_b0=5000.0, r_cd3=6e4, n0=6.55e9, e0=1.8e9, chi=100.0,
     avidity=10.0, koff_b=20.0, koff_3=285.0, k_bm=5.0,
     kg=0.008, nmax_rel=10.0, kmax=0.5, s_et=0.25, tau50_n=1000.0, hill_n=1.0, tau50_e=300.0, hill_e=1.0,
     eps_kill=0.1, k_out=0.05, k_act=2.0, k_exp=1.0, tcap_rel=10.0, k_con=0.1, k_exh=0.1, k_rec=0.3, k_dx=0.05,
@@ -154,6 +161,55 @@ def test_monovalent_forms_agree_and_no_sbcma_means_no_binding():
     f, g, x = free_amounts(12.0, 0.0, 3.1, 4.0, 15.0, 3.0)
     assert (float(f), float(g), float(x)) == (12.0, 0.0, 0.0)
     assert float(free_sbcma(3.0, 0.0, 3.1, 2)) == 0.0
+
+
+@pytest.mark.parametrize("valency", [1, 2])
+def test_marrow_excess_binding_matches_brentq(valency):
+    """The marrow's local sBCMA excess binds the free BCMA arms at QE: brentq on the excess balance
+    E = s' + (free arms) s'/(Kd + s'), then independent arms (binomial split of bivalent drug)."""
+    for (full, part, bound) in [(20.0, 0.0, 1.0), (0.05, 0.3, 2.0), (500.0, 40.0, 0.0), (1e-4, 1e-3, 5.0)]:
+        part = part if valency == 2 else 0.0
+        for excess, kd in [(0.0, 0.5), (1e-3, 0.5), (74.0, 0.5), (700.0, 3.1), (5.0, 100.0)]:
+            out = [float(v) for v in marrow_excess_binding(full, part, bound, excess, kd, valency)]
+            if excess == 0.0:
+                assert out == [full, part, bound]
+                continue
+            arms = valency * full + part
+            s_ref = brentq(lambda s: s + arms * s / (kd + s) - excess, 0.0, excess, xtol=1e-300, rtol=1e-15)
+            th = s_ref / (kd + s_ref)
+            if valency == 1:
+                ref = [full * (1 - th), 0.0, bound + full * th]
+            else:
+                ref = [full * (1 - th) ** 2, part * (1 - th) + 2 * full * th * (1 - th),
+                       bound + part * th + full * th**2]
+            np.testing.assert_allclose(out, ref, rtol=1e-9, atol=1e-300)
+            assert sum(out) == pytest.approx(full + part + bound, rel=1e-12)
+            # sBCMA bound from the excess = BCMA arms newly occupied
+            assert excess - s_ref == pytest.approx(arms - (valency * out[0] + out[1]), rel=1e-8)
+
+
+def test_marrow_sbcma_excess_follows_shedding_and_lowers_functional_marrow_drug():
+    """conc_functional_bm: with x_sbm = 0 it is p_bm x plasma functional drug; with an excess it is the
+    brentq equilibrium of the marrow drug with x_sbm s0 (N/N0) of extra free sBCMA; it falls as x_sbm
+    rises and rises as the tumour (which sheds the excess) shrinks."""
+    m = BCMAModel(layers=3)
+    y = m.initial_state(params_for(m)).at[m.state_index("central")].set(20.0 * P["vc"])
+    k = m.output_index("conc_functional_bm")
+
+    def functional(x_sbm, tumour=1.0):
+        yy = y.at[m.state_index("tumour")].set(tumour)
+        out = np.asarray(m.output(0.0, yy, params_for(m, x_sbm=x_sbm)))
+        return out, float(out[k])
+
+    out0, c0 = functional(0.0)
+    assert c0 == pytest.approx(P["p_bm"] * out0[m.output_index("conc_functional")], rel=1e-14)
+    values = []
+    for x, tumour in [(3.0, 1.0), (9.0, 1.0), (30.0, 1.0), (9.0, 0.5), (9.0, 0.1)]:
+        excess = x * P["s0"] * tumour
+        s_ref = brentq(lambda s: s + c0 * s / (P["kd_s"] + s) - excess, 0.0, excess, xtol=1e-300, rtol=1e-15)
+        values.append(functional(x, tumour)[1])
+        assert values[-1] == pytest.approx(c0 * P["kd_s"] / (P["kd_s"] + s_ref), rel=1e-10)
+    assert values[0] > values[1] > values[2] and values[1] < values[3] < values[4] < c0
 
 
 def test_bivalent_drug_loses_less_to_the_sink():
@@ -272,7 +328,9 @@ def test_names_per_layer():
     assert BCMAModel(layers=0, absorption=False).states == ("central", "peripheral")  # IV: central is CMT 1
     m5 = BCMAModel(layers=5)
     assert m5.states[:4] == ("depot", "central", "peripheral", "sbcma")
-    assert m5.outputs[-1] == "il6" and "trimers_per_tumour_cell" in m5.outputs
+    assert m5.outputs[-2:] == ("il6", "conc_functional_bm") and "trimers_per_tumour_cell" in m5.outputs
+    assert "x_sbm" in m5.parameters and "x_sbm" not in BCMAModel(layers=(0, 2)).parameters
+    assert "conc_functional_bm" not in BCMAModel(layers=1).outputs + BCMAModel(layers=(0, 2)).outputs
     assert BCMAModel(layers=range(4)) == BCMAModel(layers=3)
     assert "avidity" in BCMAModel(layers=2, valency=2).parameters
     assert "avidity" not in BCMAModel(layers=2).parameters
@@ -349,8 +407,8 @@ def test_gsi_without_effect_changes_nothing():
         dy4, dy3 = m4.vector_field(1.0, y, p), m3.vector_field(1.0, y[np.array(shared)], p)
         np.testing.assert_allclose(dy4[np.array(shared)], dy3, rtol=1e-14, atol=1e-300)
         assert float(dy4[m4.state_index("bcma_fold")]) == 0.0
-        np.testing.assert_allclose(m4.output(1.0, y, p)[: len(m3.outputs)], m3.output(1.0, y[np.array(shared)], p),
-                                   rtol=1e-14)
+        same = np.array([m4.output_index(k) for k in m3.outputs])
+        np.testing.assert_allclose(m4.output(1.0, y, p)[same], m3.output(1.0, y[np.array(shared)], p), rtol=1e-14)
 
 
 def test_gsi_raises_membrane_bcma_to_the_documented_fold():
@@ -589,8 +647,9 @@ def test_budget_identities_hold_at_any_state(kwargs):
 
 # ---------------------------------------------------------------- L2 option B (simulate, Kvaerno5)
 def test_option_a_equilibrium_is_the_fixed_point_of_option_b():
-    """Receptor fractions at the brentq equilibrium (marrow drug at p_bm times plasma free drug)
-    make every binding derivative of option B vanish, and option A reports the same trimers."""
+    """Receptor fractions at the brentq equilibrium (marrow drug: the model's functional marrow drug,
+    i.e. p_bm times plasma free drug after the marrow sBCMA excess) make every binding derivative of
+    option B vanish, and option A reports the same trimers."""
     mb = BCMAModel(layers=(0, 1, 2), binding="mass_action")
     ma = BCMAModel(layers=(0, 1, 2))
     p = params_for(mb)
@@ -599,7 +658,8 @@ def test_option_a_equilibrium_is_the_fixed_point_of_option_b():
     for drug in (0.05, 2.0, 40.0, 400.0):  # nM, total in plasma
         y = ma.initial_state(p).at[ma.state_index("central")].set(drug * P["vc"])
         out_a = dict(zip(ma.outputs, np.asarray(ma.output(0.0, y, p))))
-        c, cx = P["p_bm"] * out_a["conc_free"], P["p_bm"] * (out_a["conc"] - out_a["conc_free"])
+        c = out_a["conc_functional_bm"]
+        cx = P["p_bm"] * out_a["conc"] - c
         tri = exact_qe_trimers(c, 0.0, c + cx, P["kd_b"], P["kd_b"], P["kd_3"], P["chi"], bcma, cd3)
         b_free = (bcma - tri) / (1 + c / P["kd_b"])
         t_free = (cd3 - tri) / (1 + (c + cx) / P["kd_3"])
@@ -612,6 +672,31 @@ def test_option_a_equilibrium_is_the_fixed_point_of_option_b():
         out_b = dict(zip(mb.outputs, np.asarray(mb.output(0.0, yb, p))))
         assert out_b["trimers_per_tumour_cell"] == pytest.approx(out_a["trimers_per_tumour_cell"], rel=1e-10)
         assert out_b["trimers_per_t_cell"] == pytest.approx(out_a["trimers_per_t_cell"], rel=1e-10)
+
+
+@pytest.mark.parametrize("drug", [0.05, 2.0, 40.0, 400.0])
+def test_exhaustion_and_recovery_follow_cd3_occupancy(drug):
+    """Exhaustion k_exh omega A and recovery k_rec (1 - omega) X use omega, the fraction of marrow CD3
+    bound by drug (dimers, useless and productive trimers) at the brentq equilibrium; omega rises
+    monotonically with drug, unlike the trimers (bell)."""
+    m = BCMAModel(layers=3)
+    p = params_for(m)
+    y = m.initial_state(p).at[m.state_index("central")].set(drug * P["vc"])
+    y = y.at[m.state_index("t_active")].set(2.0).at[m.state_index("t_exhausted")].set(1.0)
+    out = dict(zip(m.outputs, np.asarray(m.output(0.0, y, p))))
+    to_nm = 1e9 / (AVOGADRO * P["v_bm"])
+    bcma, cd3 = P["r_b0"] * P["n0"] * to_nm, P["r_cd3"] * P["e0"] * 4.0 * to_nm  # E + A + X = 4 E0
+    c, c_cd3 = out["conc_functional_bm"], P["p_bm"] * out["conc"]
+    tri = exact_qe_trimers(c, 0.0, c_cd3, P["kd_b"], P["kd_b"], P["kd_3"], P["chi"], bcma, cd3)
+    omega = 1.0 - (cd3 - tri) / (1.0 + c_cd3 / P["kd_3"]) / cd3
+    dy = np.asarray(m.vector_field(0.0, y, p))
+    expected = P["k_exh"] * omega * 2.0 - P["k_rec"] * (1.0 - omega) * 1.0 - P["k_dx"] * 1.0
+    assert dy[m.state_index("t_exhausted")] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert 0.0 < omega < 1.0
+    if drug > 2.0:  # beyond the trimer bell's peak CD3 occupancy still rises with drug
+        lower = y.at[m.state_index("central")].set(0.25 * drug * P["vc"])
+        d_low = np.asarray(m.vector_field(0.0, lower, p))[m.state_index("t_exhausted")]
+        assert d_low < dy[m.state_index("t_exhausted")]
 
 
 def test_mass_action_trimers_converge_to_qe_when_binding_is_fast():
@@ -643,7 +728,7 @@ def test_mass_action_trimers_converge_to_qe_when_binding_is_fast():
             for j, name in enumerate(("trimers_per_tumour_cell", "trimers_per_t_cell")):
                 errors[i, k, j] = abs(out_b[name] / out_a[name] - 1)
             if i == 1:
-                c = P["p_bm"] * out_a["conc_free"]
+                c = out_a["conc_functional_bm"]
                 tri = exact_qe_trimers(c, 0.0, P["p_bm"] * out_a["conc"], P["kd_b"], P["kd_b"], P["kd_3"], P["chi"],
                                        bcma, cd3)
                 assert out_b["trimers_per_tumour_cell"] == pytest.approx(tri / bcma * P["r_b0"], rel=2.5e-3), t

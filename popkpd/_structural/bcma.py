@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from .base import AbstractStructuralModel
-from .sink import free_amounts, free_sbcma, occupancy
+from .sink import free_amounts, free_sbcma, marrow_excess_binding, occupancy
 from .trimer import mass_action_rates, trimers_per_pair
 from .units import AVOGADRO
 
@@ -97,7 +97,13 @@ class BCMAModel(AbstractStructuralModel):
     D_tot (1-theta)^2, with one arm bound 2 D_tot theta (1-theta), neutralised D_tot theta^2.
 
     **L2, trimers at the site of action** (bone marrow, volume ``v_bm``). Drug in the marrow is
-    ``p_bm`` times its plasma species (instant partition; sBCMA binding as in plasma). Receptors:
+    ``p_bm`` times its plasma species (instant partition; sBCMA binding as in plasma), and with L1
+    it then binds the marrow's local excess of free sBCMA: shedding happens in the marrow
+    (science.md §1.5, L1 note; PONT19), so marrow sBCMA exceeds serum sBCMA by
+    ``x_sbm s0 g`` (nM; g the relative shedding of L1, so the excess follows tumour, membrane BCMA
+    and GSI). The excess binds the free BCMA arms of the marrow drug at QE (``sink.marrow_excess_binding``;
+    the serum-derived sBCMA is not re-equilibrated). Marrow drug with a free BCMA arm is the output
+    ``conc_functional_bm``. Receptors:
     B = R_B N / (N_A v_bm) 1e9 nM, T = R_CD3 E_all / (N_A v_bm) 1e9 nM, with N = n0 (N/N0) tumour
     cells and E_all = e0 (E + A + X)/E0 T cells (n0, e0 without L3). Option "qe" (``trimer.py``)::
 
@@ -113,7 +119,8 @@ class BCMAModel(AbstractStructuralModel):
     ``k_bm`` and consumed by binding, and four receptor fractions (``bcma_dimer``, ``trimer``: of
     membrane BCMA; ``cd3_dimer``, ``useless_trimer``: of CD3, the latter drug-sBCMA-CD3)::
 
-        d drug_bm/dt = k_bm (p_bm D0 - drug_bm) - (binding of drug_bm to BCMA and CD3)
+        d drug_bm/dt = k_bm (C_bm - drug_bm) - (binding of drug_bm to BCMA and CD3)
+        C_bm = p_bm D0 after the marrow sBCMA excess (conc_functional_bm)
         receptor fractions: the reactions R1-R5 of trimer.py (kon = koff / kd)
 
     Trimers per tumour cell tau_N = Tri N_A v_bm 1e-9 / N, per T cell tau_E = ... / E_all.
@@ -126,11 +133,19 @@ class BCMAModel(AbstractStructuralModel):
         phi = hill(tau_E, tau50_e, hill_e)        psi = hill(tau_N, tau50_n, hill_n)
         k_kill = kill_rate(kmax, psi, E_k, N, s_et),   E_k = (A + eps_kill E)
         d tumour/dt      = kg tumour (1 - tumour/nmax_rel) - k_kill tumour
-        d t_resting/dt   = k_out (1 - t_resting) - k_act phi t_resting + k_rec (1 - phi) t_exhausted
+        omega = fraction of marrow CD3 bound by drug (CD3 dimers, useless and productive trimers)
+        d t_resting/dt   = k_out (1 - t_resting) - k_act phi t_resting + k_rec (1 - omega) t_exhausted
         d t_active/dt    = k_act phi t_resting + k_exp phi t_active (1 - t_all/tcap_rel)
-                           - k_con t_active - k_exh phi t_active
-        d t_exhausted/dt = k_exh phi t_active - k_rec (1 - phi) t_exhausted - k_dx t_exhausted
+                           - k_con t_active - k_exh omega t_active
+        d t_exhausted/dt = k_exh omega t_active - k_rec (1 - omega) t_exhausted - k_dx t_exhausted
         d m_protein/dt   = k_m (m0 tumour - m_protein),   d flc/dt = k_l (l0 tumour - flc)
+
+    Activation and expansion follow the productive trimers (phi); exhaustion and recovery follow
+    CD3 occupancy omega (QE: omega = (u + Tri/T)/(1 + u), u = marrow drug / kd_3), which rises
+    monotonically with drug exposure. This is a deviation from science.md L3 (phi in both places)
+    [E]: PHIL22 saw exhaustion under continuous exposure and recovery in treatment-free intervals,
+    i.e. when drug is withdrawn; with phi, exposure above the trimer bell's peak would make less
+    drug give more exhaustion.
 
     The homeostatic source is k_in E0 = k_out E0 (E0 is the drug-free level). All loss terms are
     first order in their own state, so the states stay positive without transforms. Not included:
@@ -175,6 +190,7 @@ class BCMAModel(AbstractStructuralModel):
     s0           baseline (drug-free) sBCMA                              nM
     v_s, v_x     sBCMA and complex volumes (sink_volumes="separate")     L
     p_bm         marrow/plasma ratio of free drug                        -
+    x_sbm        (marrow - serum) sBCMA / s0 at baseline shedding         -
     v_bm         bone-marrow volume                                      L
     kd_b, kd_3   drug:membrane BCMA and drug:CD3 dissociation constants  nM
     r_b0         membrane BCMA per tumour cell at baseline               1/cell
@@ -225,7 +241,8 @@ class BCMAModel(AbstractStructuralModel):
     ``conc_functional`` (drug with at least one BCMA arm free), ``sbcma_free``, ``sbcma_total``
     (nM; ``nm_to_ng_per_ml(x, SBCMA_MW_KDA)`` for ng/mL); L2 ``trimers_per_tumour_cell``,
     ``trimers_per_t_cell``; L3 ``tumour`` (N/N0), ``m_protein`` (g/L), ``flc`` (mg/L), ``t_cells``
-    ((E+A+X)/E0); L4 ``bcma_fold`` (R_B/R_B0), ``gsi_inhibition``; L5 ``il6`` (serum, pg/mL).
+    ((E+A+X)/E0); L4 ``bcma_fold`` (R_B/R_B0), ``gsi_inhibition``; L5 ``il6`` (serum, pg/mL); last,
+    with L1 and L2, ``conc_functional_bm`` (marrow drug with at least one BCMA arm free of sBCMA, nM).
     """
 
     layers: tuple = eqx.field(static=True, converter=_as_layers)
@@ -314,6 +331,8 @@ class BCMAModel(AbstractStructuralModel):
                 names += ["v_s", "v_x"]
         if 2 in self.layers:
             names += ["p_bm", "v_bm", "kd_b", "kd_3", "r_b0", "r_cd3", "n0", "e0", "chi"]
+            if 1 in self.layers:
+                names += ["x_sbm"]
             if self.valency == 2:
                 names += ["avidity"]
             if self.binding == "mass_action":
@@ -342,6 +361,8 @@ class BCMAModel(AbstractStructuralModel):
             names += ["bcma_fold", "gsi_inhibition"]
         if 5 in self.layers:
             names += ["il6"]
+        if 1 in self.layers and 2 in self.layers:
+            names += ["conc_functional_bm"]  # last, so that the other outputs keep their positions
         return tuple(names)
 
     # ------------------------------------------------------------------ pieces
@@ -402,6 +423,7 @@ class BCMAModel(AbstractStructuralModel):
                 g_syn = g_syn * s["tumour"]
             if 4 in layers:
                 g_syn = g_syn * s["bcma_fold"] * (1.0 - q["gsi_inhibition"])
+            q["sbcma_shedding"] = g_syn  # shedding relative to the drug-free baseline
             q["sbcma_synthesis"] = p["k_s"] * self._sbcma_baseline_amount(p) * g_syn
         # -- L2: receptors and trimers in the marrow
         if 2 in layers:
@@ -412,22 +434,34 @@ class BCMAModel(AbstractStructuralModel):
             per_cell_to_nm = 1e9 / (AVOGADRO * p["v_bm"])
             bcma = r_b * tumour_cells * per_cell_to_nm
             cd3 = p["r_cd3"] * t_cells * per_cell_to_nm
+            # marrow drug species: p_bm times plasma, then bound by the marrow's local sBCMA excess
+            c_full, c_part, c_useless = (p["p_bm"] * q[k] for k in ("c_full", "c_part", "c_useless"))
+            if 1 in layers:
+                excess = p["x_sbm"] * p["s0"] * q["sbcma_shedding"]
+                c_full, c_part, c_useless = marrow_excess_binding(c_full, c_part, c_useless, excess, p["kd_s"],
+                                                                  self.valency)
+            c_cd3 = p["p_bm"] * q["c_cd3"]
             if self.binding == "qe":
                 kd_full = p["kd_b"] / p["avidity"] if self.valency == 2 else p["kd_b"]
-                pair = trimers_per_pair(p["p_bm"] * q["c_full"], p["p_bm"] * q["c_part"], p["p_bm"] * q["c_cd3"],
-                                        kd_full, p["kd_b"], p["kd_3"], p["chi"], bcma, cd3)  # Tri / (B T)
+                pair = trimers_per_pair(c_full, c_part, c_cd3, kd_full, p["kd_b"], p["kd_3"], p["chi"],
+                                        bcma, cd3)  # Tri / (B T)
                 tau_n = pair * r_b * cd3
                 tau_e = pair * bcma * p["r_cd3"]
                 trimer = pair * bcma * cd3
+                # fraction of CD3 bound by drug (dimers, useless and productive trimers): T = T_free (1 + u) + Tri
+                u = c_cd3 / p["kd_3"]
+                cd3_bound = (u + pair * bcma) / (1.0 + u)
             else:
                 binding, *d_fractions = mass_action_rates(
-                    s["drug_bm"], p["p_bm"] * q["c_useless"], s["bcma_dimer"], s["trimer"], s["cd3_dimer"],
+                    s["drug_bm"], c_useless, s["bcma_dimer"], s["trimer"], s["cd3_dimer"],
                     s["useless_trimer"], bcma, cd3, p["kd_b"], p["kd_3"], p["koff_b"], p["koff_3"], p["chi"])
                 q.update(drug_bm_binding=binding, d_fractions=d_fractions)
                 tau_n = s["trimer"] * r_b
                 tau_e = s["trimer"] * bcma / cd3 * p["r_cd3"]
                 trimer = s["trimer"] * bcma
-            q.update(tau_n=tau_n, tau_e=tau_e, trimer_nm=trimer, tumour_cells=tumour_cells, t_all=t_all)
+                cd3_bound = s["cd3_dimer"] + s["useless_trimer"] + s["trimer"] * bcma / cd3
+            q.update(tau_n=tau_n, tau_e=tau_e, trimer_nm=trimer, tumour_cells=tumour_cells, t_all=t_all,
+                     c_full_bm=c_full, c_part_bm=c_part, cd3_bound=cd3_bound)
         # -- L3: engagement and killing
         if 3 in layers:
             q["phi"] = hill(q["tau_e"], p["tau50_e"], p["hill_e"])
@@ -458,18 +492,19 @@ class BCMAModel(AbstractStructuralModel):
             d["sbcma"] = q["sbcma_synthesis"] - p["k_s"] * q["sbcma_free_amount"] - p["k_x"] * q["sbcma_bound_amount"]
         # L2 option B: marrow free drug and receptor fractions
         if 2 in layers and self.binding == "mass_action":
-            d["drug_bm"] = p["k_bm"] * (p["p_bm"] * q["c_full"] - s["drug_bm"]) - q["drug_bm_binding"]
+            d["drug_bm"] = p["k_bm"] * (q["c_full_bm"] - s["drug_bm"]) - q["drug_bm_binding"]
             d["bcma_dimer"], d["trimer"], d["cd3_dimer"], d["useless_trimer"] = q["d_fractions"]
         # L3: tumour, T cells, paraproteins
         if 3 in layers:
             phi = q["phi"]
             d["tumour"] = p["kg"] * s["tumour"] * (1.0 - s["tumour"] / p["nmax_rel"]) - q["k_kill"] * s["tumour"]
+            omega = q["cd3_bound"]
             d["t_resting"] = (p["k_out"] * (1.0 - s["t_resting"]) - p["k_act"] * phi * s["t_resting"]
-                              + p["k_rec"] * (1.0 - phi) * s["t_exhausted"])
+                              + p["k_rec"] * (1.0 - omega) * s["t_exhausted"])
             d["t_active"] = (p["k_act"] * phi * s["t_resting"]
                              + p["k_exp"] * phi * s["t_active"] * (1.0 - q["t_all"] / p["tcap_rel"])
-                             - p["k_con"] * s["t_active"] - p["k_exh"] * phi * s["t_active"])
-            d["t_exhausted"] = (p["k_exh"] * phi * s["t_active"] - p["k_rec"] * (1.0 - phi) * s["t_exhausted"]
+                             - p["k_con"] * s["t_active"] - p["k_exh"] * omega * s["t_active"])
+            d["t_exhausted"] = (p["k_exh"] * omega * s["t_active"] - p["k_rec"] * (1.0 - omega) * s["t_exhausted"]
                                 - p["k_dx"] * s["t_exhausted"])
             d["m_protein"] = p["k_m"] * (p["m0"] * s["tumour"] - s["m_protein"])
             d["flc"] = p["k_l"] * (p["l0"] * s["tumour"] - s["flc"])
@@ -508,6 +543,8 @@ class BCMAModel(AbstractStructuralModel):
             out.update(bcma_fold=s["bcma_fold"], gsi_inhibition=q["gsi_inhibition"])
         if 5 in self.layers:
             out.update(il6=s["il6"])
+        if 1 in self.layers and 2 in self.layers:
+            out.update(conc_functional_bm=q["c_full_bm"] + q["c_part_bm"])
         return jnp.stack([jnp.asarray(out[name], dtype=y.dtype) for name in self.outputs])
 
     def initial_state(self, p):

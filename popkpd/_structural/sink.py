@@ -93,3 +93,25 @@ def occupancy(free_sbcma_conc, kd):
 def functional_fraction(theta, valency):
     """Fraction of drug with at least one BCMA arm free of sBCMA, 1 - theta^n_B."""
     return 1.0 - theta**valency
+
+
+def marrow_excess_binding(c_full, c_part, c_bound, excess, kd, valency):
+    """Marrow drug species after binding the marrow's local excess of free sBCMA (nM).
+
+    ``c_full`` (all BCMA arms free), ``c_part`` (bivalent drug with one arm free) and ``c_bound``
+    (drug carrying sBCMA on at least one arm, monovalent; neutralised drug, bivalent) are the marrow
+    species before the excess ``excess`` (nM of free sBCMA shed locally) is added. The excess binds
+    the free BCMA arms (concentration n_B c_full + c_part) at QE with per-arm ``kd``; each free arm
+    is then occupied with probability theta' = s'/(kd + s'), s' the free excess (``free_sbcma``
+    with one arm per site). Returns the new (c_full, c_part, c_bound); their sum is conserved, and
+    ``excess = 0`` returns the inputs unchanged.
+    """
+    arms = valency * c_full + c_part
+    s_free = free_sbcma(arms, excess, kd, 1)
+    theta = occupancy(s_free, kd)
+    keep = kd / (kd + s_free)  # 1 - theta without cancellation
+    if valency == 1:
+        return c_full * keep, c_part, c_bound + c_full * theta
+    full = c_full * keep**2
+    part = c_part * keep + 2.0 * c_full * theta * keep
+    return full, part, c_bound + c_part * theta + c_full * theta**2
