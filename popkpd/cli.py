@@ -81,9 +81,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="popkpd", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="the main demo on bundled data (writes PNGs and a fit)")
+    p = sub.add_parser("demo", help="the full story: simulate a virtual trial, fit it, answer a dosing query "
+                       "(writes CSVs, a fit, its report and PNGs; about 3-5 minutes on 2 CPU cores)")
     p.add_argument("--out", default="demo_output", help="output folder (default demo_output/)")
-    p.add_argument("--quick", action="store_true", help="fewer draws, for a smoke run")
+    p.add_argument("--quick", action="store_true", help="fewer patients, draws and regimens, for a smoke run")
     p.set_defaults(func=cmd_demo, chains=4)
 
     p = sub.add_parser("fit", help="fit a population model described by a TOML config (see fits/*/config.toml)")

@@ -171,8 +171,11 @@ def _approved_priming(regimen, horizon):
     return int(np.argmax(np.asarray(amounts) >= max(amounts))) + 1 if amounts else 1
 
 
-def run_query(q: dict, out: Path | None = None, top: int = 10, log=print):
-    """Run a query dict; returns (SearchResult, Evaluation). Writes PNGs and CSV into ``out``."""
+def run_query(q: dict, out: Path | None = None, top: int = 10, log=print, draws=None):
+    """Run a query dict; returns (SearchResult, Evaluation). Writes PNGs and CSV into ``out``.
+
+    ``draws``: a ``ParameterDraws`` made by the caller (e.g. ``fit_and_prior_draws``, as in
+    ``popkpd demo``), used instead of the query's ``[draws]`` section."""
     t0 = time.perf_counter()
     drug = load_drug(q["drug"])
     model = drug.MODEL
@@ -186,7 +189,9 @@ def run_query(q: dict, out: Path | None = None, top: int = 10, log=print):
     d = q["draws"]
     source = d.get("source", "prior")
     n_draws, n_patients = int(d.get("n_draws", 8)), int(d.get("n_patients", 2))
-    if source == "prior":
+    if draws is not None:
+        n_draws, n_patients = draws.n_draws, draws.n_patients
+    elif source == "prior":
         draws = prior_draws(model, drug.TYPICAL, drug.PRIORS, iiv={k: v for k, v in d.get("iiv", DEFAULT_IIV).items()
                                                                      if k in model.parameters},
                             n_draws=n_draws, n_patients=n_patients, patient=patient, seed=seed)

@@ -139,6 +139,8 @@ class Patient:
         return ", ".join(parts) or "population"
 
 
+_PATIENT_PARAMETER = {"sbcma_ng_ml": "s0", "tumour_burden": "n0", "t_cells": "e0", "m_protein": "m0"}
+
 _PATIENT_UNITS = {
     "weight": "kg",
     "sbcma_ng_ml": "ng/mL",
@@ -299,6 +301,45 @@ def fit_draws(
     for name, value in patient.overrides(population.structural, {k: float(np.median(v)) for k, v in out.items()}).items():
         out[name] = np.full(n, value)
     return ParameterDraws(out, weights, n_draws, n_patients, f"fit ({total} posterior draws); patient: {patient.describe()}")
+
+
+def estimated_parameters(population) -> tuple:
+    """Names of the structural parameters a ``PopulationModel`` estimates: a typical value that is
+    not ``Fixed``, IIV, or a covariate effect."""
+    return tuple(name for name, p in population.parameters.items()
+                 if not isinstance(p.typical, Fixed) or p.iiv is not None or p.covariates)
+
+
+def fit_and_prior_draws(fit, population, model, typical: Mapping, priors: Mapping | None, *, iiv: Mapping | None = None,
+                        n_draws: int = 20, n_patients: int = 4, patient: Patient | None = None,
+                        seed: int = 0) -> ParameterDraws:
+    """Draws for ``model`` (e.g. the full BCMA model L0-L5) from a ``Fit`` of a smaller model (e.g.
+    PK + sBCMA sink): the parameters the fit estimated (``estimated_parameters(population)``) come
+    from ``fit_draws`` (posterior draws, new random effects), every other parameter from
+    ``prior_draws(model, typical, priors, iiv=...)``. Both use the same ``patient`` (its known
+    values override either source) and draw ``n_draws x n_patients`` patients from ``seed``; the
+    weights are those of the fit draws.
+    """
+    estimated = estimated_parameters(population)
+    missing = [name for name in estimated if name not in model.parameters]
+    if missing:
+        raise ValueError(
+            f"fit_and_prior_draws: the fit estimates {missing}, which {type(model).__name__} does not have "
+            f"(parameters {tuple(model.parameters)}); expected a fit of a sub-model with the same parameter names."
+        )
+    prior = prior_draws(model, typical, priors, iiv={k: v for k, v in (iiv or {}).items() if k not in estimated},
+                        n_draws=n_draws, n_patients=n_patients, patient=patient, seed=seed)
+    patient = patient or Patient()
+    fitted = population.structural.parameters  # the fit's model sees only the patient values it has
+    sub = dataclasses.replace(patient, **{field: None for field, name in _PATIENT_PARAMETER.items()
+                                          if name not in fitted})
+    posterior = fit_draws(fit, population=population, n_draws=n_draws, n_patients=n_patients, patient=sub,
+                          seed=seed + 1)
+    values = dict(prior.values)
+    values.update({name: posterior.values[name] for name in estimated})
+    source = (f"fit for {list(estimated)} ({posterior.source.split(';')[0]}), {prior.source.split(';')[0]} for the "
+              f"rest; patient: {patient.describe()}")
+    return ParameterDraws(values, posterior.weights, n_draws, n_patients, source)
 
 
 _EVENT_FLOAT = ("dose_time", "dose_amt", "dose_rate", "dose_ii", "obs_time", "obs_dv", "obs_limit", "cov_time")
