@@ -122,7 +122,8 @@ def gradient_table(paths=PATHS, rounds: int = 5, data=None) -> list[dict]:
     return rows
 
 
-def nuts_row(path: str, chains: int, warmup: int, draws: int, seed: int, chain_method: str | None, data=None) -> dict:
+def nuts_row(path: str, chains: int, warmup: int, draws: int, seed: int, chain_method: str | None, data=None,
+             dense_mass: bool = False) -> dict:
     """One NUTS run through ``popkpd.fit`` (call in a fresh process: see ``main``)."""
     import jax
 
@@ -133,7 +134,7 @@ def nuts_row(path: str, chains: int, warmup: int, draws: int, seed: int, chain_m
     dataset = popkpd.read_nonmem(data or data_path(), model)
     t0 = time.perf_counter()
     result = fit(pop, dataset, chains=chains, warmup=warmup, draws=draws, seed=seed, progress_bar=False,
-                 posterior_predictive=False, chain_method=chain_method)
+                 posterior_predictive=False, chain_method=chain_method, dense_mass=dense_mass)
     total = time.perf_counter() - t0
     from arviz_stats import ess, rhat
 
@@ -146,7 +147,7 @@ def nuts_row(path: str, chains: int, warmup: int, draws: int, seed: int, chain_m
     sampling = timing["mcmc_s"] if "mcmc_s" in timing else timing["warmup_s"] + timing["sampling_s"]
     stats = result.tree["sample_stats"]
     leapfrogs = int(np.asarray(stats["n_steps"].values).sum())  # draws only (NumPyro keeps no warmup stats)
-    return dict(tool="popkpd", path=path, chain_method=result.metadata["sampler"].get("chain_method", chain_method),
+    return dict(tool="popkpd", path=path + (" dense" if dense_mass else ""), chain_method=result.metadata["sampler"].get("chain_method", chain_method),
                 compile_s=total - sampling, sampling_s=sampling, min_ess_bulk=min(ess_bulk.values()),
                 ess_per_s=min(ess_bulk.values()) / sampling, divergences=int(np.asarray(stats["diverging"].values).sum()),
                 max_rhat=max(r_hat.values()), ess_bulk=ess_bulk, devices=len(jax.devices()),
@@ -226,8 +227,10 @@ def _row_main(argv):
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data", default=None)
     parser.add_argument("--chain-method", default=None)
+    parser.add_argument("--dense-mass", action="store_true")
     args = parser.parse_args(argv)
-    row = nuts_row(args.path, args.chains, args.warmup, args.draws, args.seed, args.chain_method, args.data)
+    row = nuts_row(args.path, args.chains, args.warmup, args.draws, args.seed, args.chain_method, args.data,
+                   args.dense_mass)
     print(json.dumps(row))
 
 

@@ -87,7 +87,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--draws", type=int, default=500)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data", default=None)
+    parser.add_argument("--cost", action="store_true",
+                        help="cost per gradient only: one chain started at the true values (truth.json), "
+                             "--warmup/--draws iterations, reports ms per leapfrog step")
     args = parser.parse_args(argv)
+    if args.cost:
+        args.chains = 1
 
     import aiohttp.client
     import pandas as pd
@@ -106,8 +111,16 @@ def main(argv=None) -> dict:
     posterior = stan.build(program, data=data, random_seed=args.seed)
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
+    init = {}
+    if args.cost:  # start at the truth: the per-gradient cost where the posterior mass is
+        truth = json.loads((Path(args.data or data_path()).parent / "truth.json").read_text())
+        pop = truth["pop"]
+        init = dict(cl=pop["CL"], vc=pop["Vc"], q=pop["Q"], vp=pop["Vp"], ka=pop["ka"], omega_cl=pop["omega_CL"],
+                    omega_vc=pop["omega_Vc"], omega_ka=pop["omega_ka"], sigma=pop["sigma"],
+                    **{f"eta_{k}": [row[f"eta_{K}"] for row in truth["individual"]]
+                       for k, K in (("cl", "CL"), ("vc", "Vc"), ("ka", "ka"))})
     fit = posterior.sample(num_chains=args.chains, num_warmup=args.warmup, num_samples=args.draws, delta=0.8,
-                           save_warmup=True)
+                           save_warmup=True, **(dict(init=[init]) if init else {}))
     sampling_s = time.perf_counter() - t0
 
     from arviz_stats import ess, rhat  # the same estimators as for popkpd's draws
