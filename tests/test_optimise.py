@@ -22,7 +22,7 @@ from popkpd._optimise import (
     Settings,
     evaluate,
     fit_draws,
-    laplace_patient,
+    patient_posterior,
     pareto_mask,
     prior_draws,
     rank,
@@ -202,14 +202,24 @@ def test_patient_data_update_matches_the_exact_posterior():
     assert res.draws.n_patients == 1 and res.draws.n_draws == 3000 and 100 < res.ess < 6000
     np.testing.assert_allclose(res.draws.values["cl"], cl)
     # the same patient by MAP + Laplace: the Gaussian approximation in log vc is close to exact here
-    lap = laplace_patient(model, dict(cl=cl, vc=vc0), None, regimen, {"conc": (t, y)}, {"conc": sd},
+    lap = patient_posterior(model, dict(cl=cl, vc=vc0), None, regimen, {"conc": (t, y)}, {"conc": sd},
                           iiv={"vc": omega}, n_draws=2000, seed=1)
     logv = np.log(lap.values["vc"])
     assert abs(logv.mean() - mean) < 0.1 * post_sd + 4 * post_sd / math.sqrt(2000)
     assert abs(logv.std() / post_sd - 1) < 0.08
     np.testing.assert_allclose(lap.values["cl"], cl)
+    # ... and by NUTS (2 chains x 500 draws; Monte-Carlo error allowing for autocorrelation)
+    nuts = patient_posterior(model, dict(cl=cl, vc=vc0), None, regimen, {"conc": (t, y)}, {"conc": sd},
+                             iiv={"vc": omega}, n_draws=1000, seed=1, method="nuts")
+    logv = np.log(nuts.values["vc"])
+    assert logv.size == 1000
+    assert abs(logv.mean() - mean) < 4 * post_sd / math.sqrt(250)
+    assert abs(logv.std() / post_sd - 1) < 0.15
+    with pytest.raises(ValueError, match=r"method='mcmc'\): expected 'laplace'"):
+        patient_posterior(model, dict(cl=cl, vc=vc0), None, regimen, {"conc": (t, y)}, {"conc": sd},
+                          iiv={"vc": omega}, method="mcmc")
     with pytest.raises(ValueError, match=r"observations of 'auc' need an output of OneCompartment"):
-        laplace_patient(model, dict(cl=cl, vc=vc0), None, regimen, {"auc": (t, y)}, {"auc": sd}, iiv={"vc": omega})
+        patient_posterior(model, dict(cl=cl, vc=vc0), None, regimen, {"auc": (t, y)}, {"auc": sd}, iiv={"vc": omega})
     with pytest.raises(ValueError, match=r"observations of 'auc'; expected outputs of OneCompartment"):
         condition_on_data(model, draws, regimen, {"auc": (t, y)}, {"auc": sd})
     with pytest.raises(ValueError, match=r"expected equal-length times >= 0 \(days\) and values > 0"):

@@ -8,7 +8,7 @@ from .draws import (
     Patient as Patient,
     condition_on_data as condition_on_data,
     fit_draws as fit_draws,
-    laplace_patient as laplace_patient,
+    patient_posterior as patient_posterior,
     prior_draws as prior_draws,
 )
 from .evaluate import Candidate as Candidate, Evaluation as Evaluation, Settings as Settings, evaluate as evaluate

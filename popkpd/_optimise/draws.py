@@ -426,11 +426,13 @@ def condition_on_data(model, draws: ParameterDraws, regimen, observations: Mappi
     return Conditioned(new, ess, draws.size, loglik)
 
 
-def laplace_patient(model, typical: Mapping, priors: Mapping | None, regimen, observations: Mapping, sd: Mapping, *,
-                    iiv: Mapping | None = None, patient: Patient | None = None, n_draws: int = 40, seed: int = 0,
-                    ode_options: Mapping | None = None) -> ParameterDraws:
+def patient_posterior(model, typical: Mapping, priors: Mapping | None, regimen, observations: Mapping, sd: Mapping,
+                      *, iiv: Mapping | None = None, patient: Patient | None = None, n_draws: int = 40, seed: int = 0,
+                      method: str = "laplace", ode_options: Mapping | None = None) -> ParameterDraws:
     """A patient's posterior from a model with priors and the patient's first weeks of data, by
-    MAP + Laplace (``popkpd.fit(..., method="laplace")`` on this one patient).
+    MAP + Laplace (``method="laplace"``, default: ``popkpd.fit(..., method="laplace")`` on this
+    one patient) or by NUTS (``method="nuts"``: 2 chains, ``max(200, n_draws)`` warmup each,
+    ``n_draws`` draws in all; exact up to Monte-Carlo error, slower).
 
     The prior of the patient's parameters is that of a new patient of ``prior_draws``: typical
     value ~ ``priors[name]`` (``Fixed(typical)`` when absent), times ``exp(omega eta)`` with
@@ -459,12 +461,12 @@ def laplace_patient(model, typical: Mapping, priors: Mapping | None, regimen, ob
         omega = iiv.get(name, 0.0)
         parameters[name] = Parameter(prior, iiv=FixedPrior(float(omega)) if omega > 0 else None)
     if not any(p.iiv is not None or not isinstance(p.typical, FixedPrior) for p in parameters.values()):
-        raise ValueError("laplace_patient: every parameter is fixed (no priors, no iiv); expected something to update.")
+        raise ValueError("patient_posterior: every parameter is fixed (no priors, no iiv); expected something to update.")
     names = list(observations)
     for name in names:
         if name not in model.outputs or name not in sd:
             raise ValueError(
-                f"laplace_patient: observations of {name!r} need an output of {type(model).__name__} "
+                f"patient_posterior: observations of {name!r} need an output of {type(model).__name__} "
                 f"{tuple(model.outputs)} and sd[{name!r}]; received sd for {sorted(sd)}."
             )
     grid = np.unique(np.concatenate([np.atleast_1d(np.asarray(observations[n][0], float)) for n in names]))
@@ -475,18 +477,26 @@ def laplace_patient(model, typical: Mapping, priors: Mapping | None, regimen, ob
     for k, name in enumerate(names):
         t, y = (np.atleast_1d(np.asarray(x, float)) for x in observations[name])
         if t.shape != y.shape or not np.all(y > 0):
-            raise ValueError(f"laplace_patient: observations[{name!r}]: expected equal-length times and values > 0.")
+            raise ValueError(f"patient_posterior: observations[{name!r}]: expected equal-length times and values > 0.")
         for ti, yi in zip(t, y):
             hit = (np.asarray(events.obs_time[0]) == ti) & (np.asarray(events.obs_output[0]) == model.output_index(name))
             dv[0, hit], mask[0, hit] = yi, True
     import jax.numpy as jnp
 
     events = dataclasses.replace(events, obs_dv=jnp.asarray(dv), obs_mask=jnp.asarray(mask))
-    method = "closed_form" if getattr(model, "linear", False) and not ode_options else "ode"
+    prediction = "closed_form" if getattr(model, "linear", False) and not ode_options else "ode"
     population = PopulationModel(model, parameters, {n: LogNormalError(FixedPrior(float(sd[n]))) for n in names},
-                                 method=method, ode_options=ode_options)
-    result = fit(population, events, method="laplace", draws=n_draws, seed=seed, progress_bar=False,
-                 posterior_predictive=False)
+                                 method=prediction, ode_options=ode_options)
+    if method == "laplace":
+        result = fit(population, events, method="laplace", draws=n_draws, seed=seed, progress_bar=False,
+                     posterior_predictive=False)
+    elif method == "nuts":
+        half = -(-n_draws // 2)
+        result = fit(population, events, method="nuts", chains=2, warmup=max(200, half), draws=half, seed=seed,
+                     progress_bar=False, posterior_predictive=False)
+    else:
+        raise ValueError(f"patient_posterior(method={method!r}): expected 'laplace' (MAP + Gaussian "
+                         "approximation, fast) or 'nuts' (exact up to Monte-Carlo error).")
     post = result.posterior
     post = getattr(post, "dataset", post)
     values = {}
@@ -499,4 +509,4 @@ def laplace_patient(model, typical: Mapping, priors: Mapping | None, regimen, ob
             values[name] = np.full(n_draws, float(parameters[name].typical.value))
     n = len(values[model.parameters[0]])
     return ParameterDraws(values, np.full(n, float(weight)), n, 1,
-                          f"Laplace posterior of one patient ({int(mask.sum())} observations); patient: {patient.describe()}")
+                          f"{'Laplace' if method == 'laplace' else 'NUTS'} posterior of one patient ({int(mask.sum())} observations); patient: {patient.describe()}")
