@@ -9,7 +9,9 @@
 Both follow patients for ``HORIZON`` days with monthly IMWG assessments. ``TARGETS`` holds the
 published values (science.md §3) with the tolerance each is held to; ``PK_TIMEPOINTS`` the PK
 summaries. Regenerate the calibration table with ``python -m models.virtual_populations``
-(writes docs/virtual_trials_table.md; ``--quick`` for a smaller smoke run).
+(writes docs/virtual_trials_table.md; ``--quick`` for a smaller smoke run; ``--calibrate`` re-runs
+the calibration first; ``--at TRIAL MEDIANS`` prints the calibration population's ORR and sBCMA
+summaries at other population medians; docs/virtual_trials.md section 3).
 
 Everything that calibration changes is in ``CALIBRATION`` (one place): population medians of
 mechanistic parameters as multipliers of the drug's ``TYPICAL`` (so re-tuned typical values in
@@ -88,8 +90,8 @@ HORIZON = 336.0
 """Follow-up (days): 12 cycles of 28 days (MajesTEC-1 median follow-up 14.1 months [S])."""
 
 CALIBRATION = {
-    "majestec1": {"medians": {"tau50_n": 300.6}, "crs_a0": -3.816},
-    "magnetismm3": {"medians": {"tau50_n": 2175.0}, "crs_a0": -6.481},
+    "majestec1": {"medians": {"tau50_n": 301.0}, "crs_a0": -3.816},
+    "magnetismm3": {"medians": {"tau50_n": 2158.0}, "crs_a0": -6.481},
 }
 """The calibrated quantities: population medians of mechanistic parameters as multipliers of the
 drug's TYPICAL, and the CRS intercept a0. Set by ``calibrate`` (see docs/virtual_trials.md)."""
@@ -298,27 +300,53 @@ CALIBRATION_SIZE = 2
 """Calibration populations are this many times the trial size (less Monte-Carlo error)."""
 
 
-def calibrate(name: str, *, steps: int = 10, log10_range=(0.0, 5.0), verbose=True) -> dict:
-    """Calibrate trial ``name``: the population median of ``tau50_n`` (as a multiplier of TYPICAL)
-    by bisection on log10 of the multiplier until the ORR of a calibration population
-    (``CALIBRATION_SIZE`` x the trial size, seed ``CALIBRATION_SEED``, common random numbers across
-    steps) matches the published ORR; then the CRS intercept a0 so that the mean P(CRS after step-up
-    dose 1) of that population matches its target. Everything else is a prediction.
+def calibration_population(name: str, medians: dict):
+    """Simulate the calibration population of trial ``name`` (``CALIBRATION_SIZE`` x the trial size,
+    seed ``CALIBRATION_SEED``) with population ``medians`` (multipliers of TYPICAL; they replace
+    ``CALIBRATION[name]["medians"]``). Returns (trial, summary, calibration used)."""
+    typical = DESIGNS[name].typical
+    unknown = sorted(set(medians) - set(typical))
+    if unknown:
+        raise ValueError(f"calibration_population({name!r}): received medians for {unknown}; expected names of "
+                         f"the drug's TYPICAL parameters ({sorted(typical)}); fix the parameter name.")
+    cal = {k: {"medians": dict(v["medians"]), "crs_a0": v["crs_a0"]} for k, v in CALIBRATION.items()}
+    cal[name]["medians"] = dict(medians)
+    design = designs(cal)[name]
+    trial = simulate_trial(design, n=CALIBRATION_SIZE * DESIGNS[name].n_patients, seed=CALIBRATION_SEED)
+    return trial, summarise_trial(trial), cal
+
+
+def describe_population(name: str, medians: dict, s: dict) -> str:
+    """One line: ORR (with its target) and the sBCMA-stratified summaries of a summary ``s``."""
+    orr_target = next(t.published for t in TARGETS[name] if t.key == "orr")
+    threshold = DESIGNS[name].sbcma_threshold
+    return (f"{name} medians x {medians}: ORR {s['orr']:.3f} (target {orr_target}), >= VGPR {s['vgpr']:.3f}, "
+            f">= CR {s['cr']:.3f}; ORR above / at or below {threshold:g} ng/mL {s['orr_above']:.2f} / "
+            f"{s['orr_below']:.2f} (n above {s['n_above']}); median sBCMA responders / non-responders "
+            f"{s['sbcma_responders']:.1f} / {s['sbcma_nonresponders']:.1f} ng/mL")
+
+
+def calibrate(name: str, *, parameter: str = "tau50_n", steps: int = 11, log10_range=(-3.0, 5.0),
+              verbose=True) -> dict:
+    """Calibrate trial ``name``: the population median of ``parameter`` (default ``tau50_n``; as a
+    multiplier of TYPICAL) by bisection on log10 of the multiplier within ``log10_range`` until the
+    ORR of a calibration population (``CALIBRATION_SIZE`` x the trial size, seed
+    ``CALIBRATION_SEED``, common random numbers across steps) matches the published ORR; then the
+    CRS intercept a0 so that the mean P(CRS after step-up dose 1) of that population matches its
+    target. Everything else is a prediction. ORR must fall as the multiplier rises (true of
+    ``tau50_n`` and ``x_sbm``); each step prints the ORR and the sBCMA-stratified summaries.
 
     Returns ``{"medians": {...}, "crs_a0": a0}`` for ``CALIBRATION[name]``.
     """
     targets = {t.key: t.published for t in TARGETS[name]}
-    n = CALIBRATION_SIZE * DESIGNS[name].n_patients
     lo, hi = log10_range
 
     def run(log10_factor):
-        cal = {k: {"medians": dict(v["medians"]), "crs_a0": v["crs_a0"]} for k, v in CALIBRATION.items()}
-        cal[name]["medians"]["tau50_n"] = 10.0**log10_factor
-        trial = simulate_trial(designs(cal)[name], n=n, seed=CALIBRATION_SEED)
-        orr = summarise_trial(trial)["orr"]
+        medians = {parameter: 10.0**log10_factor}
+        trial, s, cal = calibration_population(name, medians)
         if verbose:
-            print(f"  {name}: tau50_n x 10^{log10_factor:.3f} -> ORR {orr:.3f} (target {targets['orr']})", flush=True)
-        return orr, trial, cal
+            print(f"  log10 multiplier {log10_factor:.3f}: {describe_population(name, medians, s)}", flush=True)
+        return s["orr"], trial, cal
 
     for _ in range(steps):
         mid = 0.5 * (lo + hi)
@@ -329,7 +357,7 @@ def calibrate(name: str, *, steps: int = 10, log10_range=(0.0, 5.0), verbose=Tru
             hi = mid
     orr, trial, cal = run(0.5 * (lo + hi))
     result = cal[name]
-    result["medians"]["tau50_n"] = float(f"{result['medians']['tau50_n']:.4g}")
+    result["medians"][parameter] = float(f"{result['medians'][parameter]:.4g}")
     result["crs_a0"] = round(calibrate_crs_intercept(trial, targets["crs_sud1"]), 3)
     return result
 
@@ -348,8 +376,8 @@ def response_drivers(trial) -> dict:
     return {k: float(stats.spearmanr(v, responder).statistic) for k, v in values.items()}
 
 
-def _table_markdown(name, summary, table, seconds, drivers):
-    lines = [f"### {designs()[name].name}: n = {summary['n']}, horizon {HORIZON:g} days, {seconds:.0f} s", "",
+def _table_markdown(name, summary, table, seconds, drivers, label=""):
+    lines = [f"### {designs()[name].name}{label}: n = {summary['n']}, horizon {HORIZON:g} days, {seconds:.0f} s", "",
              "| target | published | simulated | simulated 95% CI | tolerance | within | source |",
              "|---|---|---|---|---|---|---|"]
     for r in table.to_dict("records"):
@@ -370,13 +398,41 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Regenerate the calibration table (docs/virtual_trials_table.md).")
     parser.add_argument("--quick", action="store_true", help="32 patients per trial (smoke run)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--large", type=int, default=5,
+                        help="also simulate a population of LARGE x the trial size (seed + 1), whose smaller "
+                        "Monte-Carlo error tells model misses from one trial's chance (0: skip)")
     parser.add_argument("--out", default="docs/virtual_trials_table.md")
     parser.add_argument("--calibrate", action="store_true",
                         help="re-run the calibration first (prints the new CALIBRATION to paste into this module)")
+    parser.add_argument("--parameter", default="tau50_n",
+                        help="population median moved by --calibrate (default tau50_n; e.g. x_sbm)")
+    parser.add_argument("--trials", nargs="+", default=["majestec1", "magnetismm3"], choices=["majestec1", "magnetismm3"],
+                        help="trials to calibrate (the others keep CALIBRATION)")
+    parser.add_argument("--log10-range", nargs=2, type=float, default=(-3.0, 5.0), metavar=("LO", "HI"),
+                        help="bisection range of log10 of the multiplier (default -3 5; the first step is its middle)")
+    parser.add_argument("--at", nargs=2, action="append", metavar=("TRIAL", "MEDIANS"),
+                        help="print the calibration population's ORR and sBCMA summaries with these population "
+                        "medians (JSON multipliers of TYPICAL, e.g. majestec1 '{\"x_sbm\": 7.39}'; repeatable) and exit")
     args = parser.parse_args(argv)
+    if args.at:
+        import json
+
+        for name, text in args.at:
+            if name not in DESIGNS:
+                parser.error(f"--at received trial {name!r}; expected one of {sorted(DESIGNS)}")
+            try:
+                medians = {str(k): float(v) for k, v in json.loads(text).items()}
+            except (ValueError, AttributeError) as err:
+                parser.error(f"--at {name} received {text!r} ({err}); expected a JSON object of multipliers, "
+                             "e.g. '{\"tau50_n\": 20}'")
+            print(describe_population(name, medians, calibration_population(name, medians)[1]), flush=True)
+        return 0
     calibration = CALIBRATION
     if args.calibrate:
-        calibration = {name: calibrate(name, steps=4 if args.quick else 10) for name in ("majestec1", "magnetismm3")}
+        calibration = dict(CALIBRATION)
+        for name in args.trials:
+            calibration[name] = calibrate(name, parameter=args.parameter, steps=4 if args.quick else 11,
+                                        log10_range=tuple(args.log10_range))
         print(f"CALIBRATION = {calibration}", flush=True)
     parts = ["# Virtual trials: simulated vs published (generated by `python -m models.virtual_populations`)", "",
              f"CALIBRATION = {calibration}", "", f"seed {args.seed}; calibration population seed {CALIBRATION_SEED}, "
@@ -385,6 +441,13 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         trial, summary, table = run_trial(name, n=32 if args.quick else None, seed=args.seed, calibration=calibration)
         parts.append(_table_markdown(name, summary, table, time.perf_counter() - t0, response_drivers(trial)))
+        print(parts[-1], flush=True)
+    for name in ("majestec1", "magnetismm3") if args.large > 0 and not args.quick else ():
+        t0 = time.perf_counter()
+        n_large = args.large * DESIGNS[name].n_patients
+        trial, summary, table = run_trial(name, n=n_large, seed=args.seed + 1, calibration=calibration)
+        parts.append(_table_markdown(name, summary, table, time.perf_counter() - t0, response_drivers(trial),
+                                     f", {args.large} x trial size (seed {args.seed + 1})"))
         print(parts[-1], flush=True)
     Path(args.out).write_text("\n".join(parts) + "\n")
     return 0

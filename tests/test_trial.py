@@ -10,6 +10,7 @@ trajectories, and scipy for binomial intervals. The simulated trial is a small t
 
 import argparse
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -262,6 +263,49 @@ def test_crs_intercept_calibration_hits_the_target(trial):
     p = trial.crs_probability[:, 0]
     logit = np.log(p / (1 - p)) - trial.design.crs_coefs[0]
     assert np.mean(1 / (1 + np.exp(-(a0 + logit)))) == pytest.approx(0.42, abs=1e-9)
+
+
+def test_calibrate_bisects_the_median_to_the_published_orr(trial, monkeypatch):
+    """With the simulation replaced by a known ORR curve, ORR = 1 / (1 + m / 100) in the multiplier m
+    of the calibrated median, the bisection returns its closed-form inverse m = 100 (1 / ORR - 1) for
+    the published ORR 0.63 (to the bisection's resolution in log10 m), moves only the named
+    parameter, and a0 is the CRS intercept of the last simulated population."""
+    seen = []
+
+    def fake_designs(cal=None):
+        seen.append(dict(cal["majestec1"]["medians"]))
+        return {"majestec1": trial.design}
+
+    def fake_simulate(design, n, seed):
+        assert n == vp.CALIBRATION_SIZE * 165 and seed == vp.CALIBRATION_SEED
+        return trial
+
+    monkeypatch.setattr(vp, "designs", fake_designs)
+    monkeypatch.setattr(vp, "simulate_trial", fake_simulate)
+    monkeypatch.setattr(vp, "summarise_trial", lambda t: {"orr": 1.0 / (1.0 + seen[-1]["x_sbm"] / 100.0)})
+    steps, (lo, hi) = 12, (-1.0, 4.0)
+    result = vp.calibrate("majestec1", parameter="x_sbm", steps=steps, log10_range=(lo, hi), verbose=False)
+    expected = 100.0 * (1.0 / 0.63 - 1.0)
+    assert abs(np.log10(result["medians"]["x_sbm"]) - np.log10(expected)) <= (hi - lo) / 2**steps
+    assert set(result["medians"]) == {"x_sbm"} and all(set(m) == {"x_sbm"} for m in seen)
+    assert len(seen) == steps + 1
+    assert result["crs_a0"] == round(vp.calibrate_crs_intercept(trial, 0.42), 3)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--at", "nope", "{}"], "--at received trial 'nope'; expected one of"),
+    (["--at", "majestec1", "[1]"], "--at majestec1 received '\\[1\\]'.*expected a JSON object of multipliers"),
+    (["--at", "majestec1", "{tau"], "--at majestec1 received '{tau'.*expected a JSON object"),
+])
+def test_virtual_populations_at_errors(argv, match, capsys):
+    with pytest.raises(SystemExit):
+        vp.main(argv)
+    assert re.search(match, capsys.readouterr().err)
+
+
+def test_calibration_population_rejects_an_unknown_parameter():
+    with pytest.raises(ValueError, match=r"received medians for \['tau50'\]; expected names of the drug's TYPICAL"):
+        vp.calibration_population("majestec1", {"tau50": 2.0})
 
 
 def test_summary_is_consistent(trial):
