@@ -22,7 +22,7 @@ import jax
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import popkpd  # noqa: E402
-from popkpd._optimise import RegimenGrid, Settings, evaluate, prior_draws  # noqa: E402
+from popkpd._optimise import RegimenGrid, EvaluationSettings, evaluate, prior_draws  # noqa: E402
 
 
 def _run(model, draws, candidates, settings, repeats=2):
@@ -53,7 +53,7 @@ def main(argv=None):
         grid = RegimenGrid(step_up=[[0.06, 0.3], []], maintenance=[0.72, 1.5], interval=[7.0, 14.0])
         draws = prior_draws(tec.MODEL, tec.TYPICAL, None, iiv={"cl": 0.5, "s0": 1.0, "n0": 1.0},
                             n_draws=a.draws, n_patients=a.patients, seed=0)
-        settings = Settings(horizon=84.0, response_week=12, crs_coefs=(-5.0, 1.3, 1.1))
+        settings = EvaluationSettings(horizon=84.0, response_week=12, crs_coefs=(-5.0, 1.3, 1.1))
         rows.append(("teclistamab BCMA L0-L5, tsit5", *_run(tec.MODEL, draws, grid.candidates(mgkg), settings)))
     else:
         model = popkpd.OneCompartment(absorption=False)
@@ -61,7 +61,7 @@ def main(argv=None):
         draws = prior_draws(model, dict(cl=1.0, vc=10.0), None, iiv={"cl": 0.3, "vc": 0.3},
                             n_draws=a.draws, n_patients=a.patients, seed=0)
         for solver in ("expm", "tsit5"):
-            settings = Settings(horizon=56.0, response_week=8, target_output="conc", solver=solver)
+            settings = EvaluationSettings(horizon=56.0, response_week=8, target_output="conc", solver=solver)
             rows.append((f"one-compartment IV, {solver}", *_run(model, draws, grid.candidates(popkpd.Bolus), settings)))
     print(f"device: {jax.devices()[0].platform}; {a.draws} draws x {a.patients} patients")
     print(f"{'case':<36} {'first call s':>12} {'warm s':>8} {'evals/s':>10} {'patient-days/s':>15}")

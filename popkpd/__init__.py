@@ -32,6 +32,7 @@ from ._diagnostics import (
 from ._events import Events as Events
 from ._optimise import (
     Constraint as Constraint,
+    EvaluationSettings as EvaluationSettings,
     Patient as Patient,
     RegimenGrid as RegimenGrid,
     condition_on_data as condition_on_data,

@@ -19,7 +19,7 @@ from popkpd._optimise import (
     Constraint,
     Patient,
     RegimenGrid,
-    Settings,
+    EvaluationSettings,
     evaluate,
     fit_draws,
     patient_posterior,
@@ -59,7 +59,7 @@ class ToyTumour(AbstractStructuralModel):
 TOY_TYPICAL = dict(cl=0.5, vc=5.0, kmax=0.15, ec50=1.0, k_m=0.1, m0=20.0, k_il6=4.0, emax_il6=20.0, il6_0=2.0)
 TOY_PRIORS = {"cl": popkpd.LogNormal(0.5, 0.3), "kmax": popkpd.LogNormal(0.15, 0.5), "ec50": popkpd.Fixed(1.0)}
 TOY_IIV = {"vc": 0.3, "kmax": 0.4}
-TOY_SETTINGS = Settings(horizon=70.0, response_week=8, target=1.0, target_output="conc", fine_step=0.5,
+TOY_SETTINGS = EvaluationSettings(horizon=70.0, response_week=8, target=1.0, target_output="conc", fine_step=0.5,
                         crs_reference="SU none | 5 q7d", draws_per_batch=3, min_doses=12)
 
 
@@ -235,7 +235,7 @@ def test_batched_evaluation_equals_one_by_one(toy):
     """Each candidate alone gives the numbers it got in the batch of all candidates. (The draws are
     repeated so that the single-candidate batch has the shape of the full one: no recompilation.)"""
     model, draws, candidates, ev = toy
-    settings = Settings(**{**TOY_SETTINGS.__dict__, "draws_per_batch": 24, "crs_coefs": ev.crs_coefs})
+    settings = EvaluationSettings(**{**TOY_SETTINGS.__dict__, "draws_per_batch": 24, "crs_coefs": ev.crs_coefs})
     repeated = draws.take(np.arange(24) % draws.n_draws)
     for r in (1, 5):
         one = evaluate(model, repeated, [candidates[r]], settings)
@@ -306,9 +306,9 @@ def test_evaluation_is_reproducible(toy):
 def test_evaluate_errors(toy):
     model, draws, candidates, _ = toy
     with pytest.raises(ValueError, match=r"neither crs_coefs nor crs_reference"):
-        evaluate(model, draws, candidates[:1], Settings(horizon=70.0, response_week=8))
+        evaluate(model, draws, candidates[:1], EvaluationSettings(horizon=70.0, response_week=8))
     with pytest.raises(ValueError, match=r"crs_reference='nope'\) names no candidate"):
-        evaluate(model, draws, candidates[:1], Settings(horizon=70.0, response_week=8, crs_reference="nope"))
+        evaluate(model, draws, candidates[:1], EvaluationSettings(horizon=70.0, response_week=8, crs_reference="nope"))
     with pytest.raises(ValueError, match=r"two candidates are named"):
         evaluate(model, draws, [candidates[0], candidates[0]], TOY_SETTINGS)
     with pytest.raises(TypeError, match=r"expected ParameterDraws"):
@@ -316,7 +316,7 @@ def test_evaluate_errors(toy):
     with pytest.raises(ValueError, match=r"scale / fixed name \['n0'\], which are not parameters of ToyTumour"):
         evaluate(model, draws, [Candidate("x", candidates[0].regimen, {"n0": 0.5})], TOY_SETTINGS)
     with pytest.raises(ValueError, match=r"response_week=...\): received 12 with horizon 70 days"):
-        Settings(horizon=70.0, response_week=12)
+        EvaluationSettings(horizon=70.0, response_week=12)
     with pytest.raises(ValueError, match=r"priming_doses=0"):
         Candidate("x", candidates[0].regimen, priming_doses=0)
 
@@ -340,7 +340,7 @@ def test_grid_search_finds_the_closed_form_optimum():
     typical = dict(cl=1.0, vc=10.0)
     draws = prior_draws(model, typical, None, n_draws=2, n_patients=1)
     grid = RegimenGrid(maintenance=[20.0, 30.0, 40.0, 50.0, 60.0], interval=[2.0, 3.0, 4.0])
-    settings = Settings(horizon=56.0, response_week=8, target=2.0, target_output="conc", fine_step=0.25,
+    settings = EvaluationSettings(horizon=56.0, response_week=8, target=2.0, target_output="conc", fine_step=0.25,
                         solver="expm")
     result = search(model, draws, grid.candidates(bolus), "days_above_target", ["cmax <= 6"], settings=settings)
     t = result.evaluation.times
@@ -442,7 +442,7 @@ def test_refine_finds_the_analytic_doses(solver):
     draws = prior_draws(model, dict(cl=cl, vc=vc), None, n_draws=1, n_patients=1)
     regimen = popkpd.Regimen.step_up([(0.0, bolus(5.0))]).then_every(2.0, bolus(20.0), start=2.0)
     cand = Candidate("c", regimen, priming_doses=2)
-    settings = Settings(horizon=56.0, response_week=8, fine_step=0.5, solver=solver)
+    settings = EvaluationSettings(horizon=56.0, response_week=8, fine_step=0.5, solver=solver)
     t1, t2, target1, target2 = 2.0, 20.0, 0.5, 4.0
 
     def loss(times, out):
@@ -634,7 +634,7 @@ def test_teclistamab_query_properties():
     grid = RegimenGrid(step_up=[[0.06, 0.3]], maintenance=[0.72, 1.5], debulk=[1.0, 0.5])
     candidates = grid.candidates(mgkg) + [Candidate("calibration", tec.REGIMEN, fixed=dict(tec.TYPICAL),
                                                     role="calibration")]
-    settings = Settings(horizon=56.0, response_week=8, crs_reference="calibration", fine_step=0.5)
+    settings = EvaluationSettings(horizon=56.0, response_week=8, crs_reference="calibration", fine_step=0.5)
     out = {}
     for sbcma in (50.0, 800.0):
         draws = prior_draws(tec.MODEL, tec.TYPICAL, None, iiv={"cl": 0.3, "n0": 0.5}, n_draws=2, n_patients=2,

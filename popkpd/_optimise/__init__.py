@@ -11,7 +11,7 @@ from .draws import (
     patient_posterior as patient_posterior,
     prior_draws as prior_draws,
 )
-from .evaluate import Candidate as Candidate, Evaluation as Evaluation, Settings as Settings, evaluate as evaluate
+from .evaluate import Candidate as Candidate, Evaluation as Evaluation, EvaluationSettings as EvaluationSettings, evaluate as evaluate
 from .refine import RefineResult as RefineResult, refine as refine
 from .search import (
     Constraint as Constraint,

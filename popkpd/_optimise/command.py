@@ -9,7 +9,7 @@ Draws: from the drug's priors (``[draws] source = "prior"``, with ``iiv = {...}`
 ``DEFAULT_IIV``), or from a fit (``source = "fit"``, ``fit = "<fit.nc>"``, ``config = "<fit
 config.toml>"`` for its population model).
 
-CRS: the intercept is calibrated (``Settings.crs_reference``) on a helper candidate: the drug's
+CRS: the intercept is calibrated (``EvaluationSettings.crs_reference``) on a helper candidate: the drug's
 approved ``REGIMEN`` given to the *typical* patient (all parameters at ``TYPICAL``), P(CRS after
 step-up dose 1) = 0.43, as in ``models/mechanisms.py`` [E]; the slopes are science.md's prior
 means. The helper is simulated in the same batch (no extra compilation) and left out of the
@@ -29,7 +29,7 @@ import numpy as np
 from .._dosing import SC, Infusion
 from .._structural.units import mg_to_nmol
 from .draws import Patient, fit_draws, prior_draws
-from .evaluate import LOG10_REDUCTION_CAP, Candidate, Settings, evaluate
+from .evaluate import LOG10_REDUCTION_CAP, Candidate, EvaluationSettings, evaluate
 from .search import RegimenGrid, rank
 
 DEFAULT_IIV = {"cl": 0.5, "vc": 0.4, "ka": 0.4, "s0": 1.0, "n0": 1.0, "e0": 0.7, "kmax": 0.5, "m0": 0.5}
@@ -182,7 +182,7 @@ def run_query(q: dict, out: Path | None = None, top: int = 10, log=print, draws=
     seed = int(q.get("seed", 0))
     try:
         patient = Patient(**q["patient"])
-        settings = Settings(**q["settings"], crs_reference="calibration: approved, typical patient",
+        settings = EvaluationSettings(**q["settings"], crs_reference="calibration: approved, typical patient",
                             high_burden=patient.high_burden)
     except (TypeError, ValueError) as e:
         raise QueryError(f"popkpd dose: {e}") from e

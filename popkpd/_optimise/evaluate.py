@@ -118,7 +118,7 @@ class Candidate:
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
+class EvaluationSettings:
     """What to compute and how (times in days, concentrations in nM).
 
     horizon          simulated period
@@ -157,30 +157,30 @@ class Settings:
 
     def __post_init__(self):
         if not (isinstance(self.horizon, (int, float)) and math.isfinite(self.horizon) and self.horizon > 0):
-            raise ValueError(f"Settings(horizon=...): received {self.horizon!r}; expected days > 0, e.g. 84.")
+            raise ValueError(f"EvaluationSettings(horizon=...): received {self.horizon!r}; expected days > 0, e.g. 84.")
         w = self.response_week
         if isinstance(w, bool) or not isinstance(w, int) or w < 8 or 7 * w > self.horizon:
             raise ValueError(
-                f"Settings(response_week=...): received {w!r} with horizon {self.horizon:g} days; expected a "
+                f"EvaluationSettings(response_week=...): received {w!r} with horizon {self.horizon:g} days; expected a "
                 "whole week >= 8 (two monthly visits confirm a response) with 7 * week <= horizon. Raise the "
                 "horizon or move the week."
             )
         for name in ("fine_step", "fine_until", "coarse_step", "target", "crs_window"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"Settings({name}=...): received {v!r}; expected a finite number > 0.")
+                raise ValueError(f"EvaluationSettings({name}=...): received {v!r}; expected a finite number > 0.")
         if self.crs_coefs is not None and np.shape(self.crs_coefs) != (3,):
             raise ValueError(
-                f"Settings(crs_coefs=...): received {self.crs_coefs!r}; expected (a0, a1, a2) or None with "
+                f"EvaluationSettings(crs_coefs=...): received {self.crs_coefs!r}; expected (a0, a1, a2) or None with "
                 "crs_reference=<candidate name> to calibrate a0."
             )
         if self.draws_per_batch is not None and (
             isinstance(self.draws_per_batch, bool) or not isinstance(self.draws_per_batch, int) or self.draws_per_batch < 1
         ):
-            raise ValueError(f"Settings(draws_per_batch=...): received {self.draws_per_batch!r}; expected None or a whole number >= 1.")
+            raise ValueError(f"EvaluationSettings(draws_per_batch=...): received {self.draws_per_batch!r}; expected None or a whole number >= 1.")
 
 
-def observation_times(settings: Settings, candidates: Sequence[Candidate] = ()) -> np.ndarray:
+def observation_times(settings: EvaluationSettings, candidates: Sequence[Candidate] = ()) -> np.ndarray:
     """The grid shared by all candidates (it depends on ``settings`` only, so that a candidate's
     results do not depend on which other candidates are evaluated with it): 0 and every
     ``fine_step`` up to ``fine_until`` (the priming period, where IL-6 peaks are read), then every
@@ -198,7 +198,7 @@ class Evaluation:
     ``crs_coefs``: the (a0, a1, a2) used; ``visits_per_week``: [R]."""
 
     candidates: list
-    settings: Settings
+    settings: EvaluationSettings
     times: np.ndarray
     values: dict
     trajectories: dict
@@ -270,20 +270,20 @@ def _check_inputs(model, draws, candidates, settings):
     if settings.crs_coefs is None and "il6" in model.outputs:
         if settings.crs_reference is None:
             raise ValueError(
-                "evaluate: the model has an IL-6 output but Settings has neither crs_coefs nor crs_reference; "
+                "evaluate: the model has an IL-6 output but EvaluationSettings has neither crs_coefs nor crs_reference; "
                 "expected crs_coefs=(a0, a1, a2), or crs_reference=<candidate name> to calibrate a0."
             )
         if settings.crs_reference not in names:
             raise ValueError(
-                f"evaluate: Settings(crs_reference={settings.crs_reference!r}) names no candidate; expected one "
+                f"evaluate: EvaluationSettings(crs_reference={settings.crs_reference!r}) names no candidate; expected one "
                 f"of {names}. Add the reference regimen to the candidates."
             )
     return candidates
 
 
-def evaluate(model, draws: ParameterDraws, candidates, settings: Settings | None = None) -> Evaluation:
+def evaluate(model, draws: ParameterDraws, candidates, settings: EvaluationSettings | None = None) -> Evaluation:
     """Simulate ``candidates`` x ``draws`` in batches and compute the endpoints (module docstring)."""
-    settings = settings or Settings()
+    settings = settings or EvaluationSettings()
     candidates = _check_inputs(model, draws, candidates, settings)
     times = observation_times(settings, candidates)
     R, J, P = len(candidates), draws.n_draws, draws.n_patients

@@ -32,7 +32,7 @@ import scipy.optimize
 
 from .._ode.simulate import simulate
 from .draws import ParameterDraws
-from .evaluate import NON_DRUG_STATES, Candidate, Settings, observation_times
+from .evaluate import NON_DRUG_STATES, Candidate, EvaluationSettings, observation_times
 
 
 @dataclasses.dataclass
@@ -73,13 +73,13 @@ def refine(
     candidate: Candidate,
     loss: Callable,
     *,
-    settings: Settings | None = None,
+    settings: EvaluationSettings | None = None,
     groups: Callable | None = None,
     bounds: tuple = (0.1, 10.0),
     max_iterations: int = 50,
 ) -> RefineResult:
     """Minimise ``loss`` over dose-group factors (module docstring)."""
-    settings = settings or Settings()
+    settings = settings or EvaluationSettings()
     if not isinstance(candidate, Candidate):
         raise TypeError(f"refine: received {type(candidate).__name__}; expected a Candidate.")
     low, high = bounds

@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from .._dosing import Bolus, Regimen
-from .evaluate import Candidate, Evaluation, Settings, evaluate
+from .evaluate import Candidate, Evaluation, EvaluationSettings, evaluate
 
 MAX_CANDIDATES = 2000
 
@@ -292,7 +292,7 @@ def rank(evaluation: Evaluation, objective: str, constraints=(), *, maximise: bo
 
 
 def search(model, draws, candidates, objective: str = "p_vgpr", constraints=(), *, maximise: bool = True,
-           settings: Settings | None = None) -> SearchResult:
+           settings: EvaluationSettings | None = None) -> SearchResult:
     """Evaluate ``candidates`` (a list of ``Candidate``) on ``draws`` and rank them."""
     evaluation = evaluate(model, draws, candidates, settings)
     return rank(evaluation, objective, constraints, maximise=maximise)
