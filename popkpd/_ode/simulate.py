@@ -642,7 +642,8 @@ def simulate(
                 lines.append(f"  subject {ids[i]}: {why}; parameters {values}")
             raise SolverError(
                 f"The ODE solve failed for {len(failed)} of {n_sub} subjects:\n" + "\n".join(lines) +
-                "\nTry a stiff solver (solver='kvaerno5'), a larger max_steps, or check the parameter values."
+                ("" if np.all(res[failed] == _SS_OVERLAP) else
+                 "\nTry a stiff solver (solver='kvaerno5'), a larger max_steps, or check the parameter values.")
             )
     return sol
 
