@@ -419,3 +419,31 @@ def test_parallel_chains_on_host_devices(tmp_path):
     ) % os.path.dirname(__file__)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+def test_merge_chains_concatenates_single_chain_fits_in_order():
+    """Two one-chain fits (separate processes in practice) merge into one two-chain fit whose draws
+    are exactly theirs; diagnostics then see two chains. Mismatched fits are refused."""
+    pm, events, mean, cov = line_problem()
+    a, b = (fit(pm, events, chains=1, warmup=100, draws=200, init="prior_median", seed=s, progress_bar=False)
+            for s in (1, 2))
+    merged = popkpd.merge_chains([a, b])
+    post = merged.tree["posterior"]
+    assert post.sizes["chain"] == 2 and list(post.chain.values) == [0, 1]
+    np.testing.assert_array_equal(post["a_pop"].values[0], a.tree["posterior"]["a_pop"].values[0])
+    np.testing.assert_array_equal(post["a_pop"].values[1], b.tree["posterior"]["a_pop"].values[0])
+    for group in ("sample_stats", "log_likelihood", "posterior_predictive"):
+        assert merged.tree[group].sizes["chain"] == 2
+    assert merged.metadata["sampler"]["chains"] == 2 and merged.metadata["sampler"]["seed"] == [1, 2]
+    assert len(merged.metadata["timing_s"]["mcmc_s"]) == 2
+    summary = merged.summary(var_names=["a_pop", "b_pop"])
+    z = (summary["mean"].values - mean) / summary["mcse_mean"].values
+    assert np.all(np.abs(z) < 4), z
+    with pytest.raises(ValueError, match="expected a different seed per fit"):
+        popkpd.merge_chains([a, a])
+    other = fit(pm, events, chains=1, warmup=100, draws=150, init="prior_median", seed=3, progress_bar=False)
+    with pytest.raises(ValueError, match="fit 1 has draws=150"):
+        popkpd.merge_chains([a, other])
+    laplace = fit(pm, events, method="laplace", draws=10, seed=4)
+    with pytest.raises(ValueError, match="Laplace draws are not chains"):
+        popkpd.merge_chains([a, laplace])

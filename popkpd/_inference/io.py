@@ -386,3 +386,53 @@ def load_fit(path) -> Fit:
             f"load_fit({str(path)!r}): the file has no popkpd metadata; expected a file written by Fit.save."
         )
     return Fit(tree, json.loads(tree.attrs["popkpd"]))
+
+
+def merge_chains(fits) -> Fit:
+    """One ``Fit`` holding the chains of several NUTS fits of the same model to the same data.
+
+    For chains run in separate processes (one per CPU core: NumPyro's ``"parallel"`` chains fail
+    on a diffrax solve, see ``fit``), each with its own ``seed``. The groups with a ``chain``
+    dimension (``posterior``, ``sample_stats``, ``log_likelihood``, ``posterior_predictive``) are
+    concatenated along it (chains renumbered 0..K-1); the others are taken from the first fit.
+    ``metadata["sampler"]``: ``chains`` the total, ``seed`` the list of seeds; ``timing_s``
+    the per-fit timings as lists (the chains ran at the same time, so wall time is their max).
+    Raises ``ValueError`` naming the first fit that differs in data, model or sampler settings.
+    """
+    fits = list(fits)
+    if not fits or not all(isinstance(f, Fit) for f in fits):
+        raise ValueError(f"merge_chains: received {[type(f).__name__ for f in fits]}; expected a non-empty list of Fit.")
+    first = fits[0].metadata
+    same = ("data_hash", "model", "n_subjects", "n_observations")
+    settings = ("method", "warmup", "draws", "target_accept", "max_tree_depth", "dense_mass")
+    for k, f in enumerate(fits):
+        m = f.metadata
+        if m.get("sampler", {}).get("method") != "nuts":
+            raise ValueError(f"merge_chains: fit {k} was made with method={m.get('sampler', {}).get('method')!r}; "
+                             "expected NUTS fits (Laplace draws are not chains).")
+        for key in same:
+            if m.get(key) != first.get(key):
+                raise ValueError(f"merge_chains: fit {k} differs from fit 0 in {key!r}; expected fits of the same "
+                                 "population model to the same data.")
+        for key in settings:
+            if m["sampler"].get(key) != first["sampler"].get(key):
+                raise ValueError(f"merge_chains: fit {k} has {key}={m['sampler'].get(key)!r}, fit 0 "
+                                 f"{first['sampler'].get(key)!r}; expected the same sampler settings.")
+    seeds = [f.metadata["sampler"]["seed"] for f in fits]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"merge_chains: received seeds {seeds}; expected a different seed per fit (identical "
+                         "seeds give identical chains).")
+    tree = fits[0].tree.copy()
+    for group in ("posterior", "sample_stats", "log_likelihood", "posterior_predictive"):
+        if group not in tree.children:
+            continue
+        parts = [f.tree[group].to_dataset() for f in fits]
+        merged = xr.concat(parts, dim="chain")
+        tree[group] = xr.DataTree(dataset=merged.assign_coords(chain=np.arange(merged.sizes["chain"])))
+    metadata = json.loads(json.dumps(first))
+    metadata["sampler"]["chains"] = int(sum(f.metadata["sampler"]["chains"] for f in fits))
+    metadata["sampler"]["seed"] = seeds
+    metadata["timing_s"] = {k: [f.metadata.get("timing_s", {}).get(k) for f in fits] for k in first.get("timing_s", {})}
+    metadata["merged_from"] = len(fits)
+    tree.attrs["popkpd"] = json.dumps(metadata)
+    return Fit(tree, metadata, population=fits[0].population)
