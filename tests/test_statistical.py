@@ -406,6 +406,36 @@ def test_centred_random_effects():
     np.testing.assert_allclose(float(lp), ref, atol=ATOL)
 
 
+def test_partly_centred_random_effects():
+    """centered=("cl",): cl's effect is the deviation itself, vc's stays standardised; the log
+    density is the scipy sum of both kinds of prior and the likelihood."""
+    events = make_events(SUBJECTS, 2)
+    pm = PopulationModel(IV, {"cl": Parameter(LogNormal(2.0, 0.5), iiv=HalfNormal(0.4)),
+                              "vc": Parameter(LogNormal(20.0, 0.5), iiv=HalfNormal(0.4))},
+                         Additive(Fixed(0.5)), method=iv_bolus, centered=("cl",))
+    assert pm.is_centered("cl") and not pm.is_centered("vc") and pm.describe()["centered"] == ["cl"]
+    d_cl, z_vc = np.array([0.1, -0.3, 0.2]), np.array([0.5, 1.0, -1.5])
+    values = {"cl_pop": 2.0, "omega_cl": 0.3, "eta_cl": jnp.asarray(d_cl), "vc_pop": 20.0, "omega_vc": 0.2,
+              "eta_vc": jnp.asarray(z_vc)}
+    lp, trace = log_density(pm.model, (events,), {"covariate_names": COVS}, values)
+    cl, vc = 2.0 * np.exp(d_cl), 20.0 * np.exp(0.2 * z_vc)
+    np.testing.assert_allclose(trace["cl"]["value"], cl, rtol=1e-13)
+    np.testing.assert_allclose(trace["vc"]["value"], vc, rtol=1e-13)
+    ref = (st.lognorm.logpdf(2.0, s=0.5, scale=2.0) + st.halfnorm.logpdf(0.3, scale=0.4) + st.norm.logpdf(d_cl, 0, 0.3).sum()
+           + st.lognorm.logpdf(20.0, s=0.5, scale=20.0) + st.halfnorm.logpdf(0.2, scale=0.4) + st.norm.logpdf(z_vc).sum())
+    for s in range(3):
+        td, amt, t, dv, cens, _ = subject_arrays(events, s)
+        f = iv_bolus_np(cl[s], vc[s], td, amt, t)
+        ref += np.where(cens == 1, st.norm.logcdf((dv - f) / 0.5), st.norm.logpdf(dv, f, 0.5)).sum()
+    np.testing.assert_allclose(float(lp), ref, atol=ATOL)
+    every = PopulationModel(IV, pm.parameters, pm.error, method=iv_bolus, centered=("vc", "cl"))
+    assert every.centered == ("cl", "vc") and every.describe()["centered"] is True
+    with pytest.raises(ValueError, match=r"\['ka'\] have no IIV"):
+        PopulationModel(IV, pm.parameters, pm.error, method=iv_bolus, centered=("ka",))
+    with pytest.raises(TypeError, match="expected True, False or a collection"):
+        PopulationModel(IV, pm.parameters, pm.error, method=iv_bolus, centered="cl")
+
+
 def test_time_varying_covariate_gives_s_by_c_parameter():
     subjects = [dict(SUBJECTS[0], cov_time=[0.0, 2.0, 5.0], cov=[[60.0, 1], [64.0, 1], [66.0, 1]]),
                 dict(SUBJECTS[1], cov=[[80.0, 0.0]])]

@@ -222,7 +222,7 @@ class Context:
         n = len(next(iter(values.values())))
         for name in self.population.iiv_names:
             z = rng.standard_normal((n, self.events.n_subjects))
-            if self.population.centered:
+            if self.population.is_centered(name):
                 omega = values.get(f"omega_{name}")
                 if omega is None:
                     omega = np.full(n, self.population.parameters[name].iiv.value)

@@ -3,7 +3,7 @@
 Random effects of ``PopulationModel`` (see its docstring): with the default non-centred
 parameterisation the site ``eta_<param>`` is the *standardised* effect, ``eta ~ Normal(0, 1)``,
 and the deviation on the link scale is ``d = omega * eta``; with an LKJ correlation
-``d = omega * (L @ eta)``; with ``centered=True`` the site is the deviation itself,
+``d = omega * (L @ eta)``; for centred parameters (``centered=True`` or their names) the site is the deviation itself,
 ``eta = d ~ Normal(0, omega)``.
 
 Formula used, per parameter with IIV: the standardised effect of each draw,
@@ -50,11 +50,9 @@ def random_effects(fit) -> dict:
         raise ValueError(f"The fit's posterior has no draws of {missing}; expected one per parameter with IIV.")
     eta = {n: flat(f"eta_{n}") for n in names}
     out = {}
-    if model.get("centered"):
-        for n in names:
-            w = np.reshape(omega(n), (-1, 1))
-            out[n] = (eta[n] / w, eta[n])
-    elif "correlation" in model:
+    centered = model.get("centered") or []
+    centered = names if centered is True else list(centered)  # True, False or the centred names
+    if "correlation" in model:
         e = np.stack([eta[n] for n in names], axis=-1)  # [N, S, P]
         chol = np.linalg.cholesky(flat("corr_iiv"))  # [N, P, P]
         z = np.einsum("nsq,npq->nsp", e, chol)
@@ -62,7 +60,8 @@ def random_effects(fit) -> dict:
             out[n] = (z[..., i], z[..., i] * np.reshape(omega(n), (-1, 1)))
     else:
         for n in names:
-            out[n] = (eta[n], eta[n] * np.reshape(omega(n), (-1, 1)))
+            w = np.reshape(omega(n), (-1, 1))
+            out[n] = (eta[n] / w, eta[n]) if n in centered else (eta[n], eta[n] * w)
     return out
 
 

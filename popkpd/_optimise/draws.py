@@ -269,7 +269,7 @@ def fit_draws(
     values = {name: jnp.asarray(v[rows]) for name, v in sites.items()}
     for name in population.iiv_names:
         values[f"eta_{name}"] = jnp.asarray(rng.standard_normal(n))
-        if population.centered:
+        if population.is_centered(name):
             values[f"eta_{name}"] = values[f"eta_{name}"] * values[f"omega_{name}"]
     weights = _weights(patient, n, rng, weight_population)
     covariates = dict(patient.covariates)

@@ -16,7 +16,11 @@ product of its covariate factors):
 Random effects are non-centred by default: ``eta_<param> ~ Normal(0, 1)`` and
 ``d_i = omega * eta_i``; with an LKJ ``correlation`` the standardised vector is correlated
 through the Cholesky factor ``L`` of ``corr_iiv``: ``d_i = omega * (L @ eta_i)``. With
-``centered=True`` (diagonal only) ``eta_<param> ~ Normal(0, omega)`` and ``d_i = eta_i``.
+``centered=True`` (diagonal only) ``eta_<param> ~ Normal(0, omega)`` and ``d_i = eta_i``;
+``centered=("s0", "m0")`` centres only those parameters' random effects. Centre the random
+effects the data determine well for each subject (e.g. a baseline measured directly): non-centred
+they make the typical value and the standardised effects strongly correlated a posteriori, which
+NUTS mixes poorly; keep weakly informed ones non-centred (the funnel).
 
 NumPyro site names (public API; they become ArviZ variable names):
 
@@ -43,7 +47,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import equinox as eqx
 import jax
@@ -172,7 +176,8 @@ class PopulationModel(eqx.Module):
         ``"closed_form"`` (linear models), ``"ode"`` (``simulate``, options in
         ``ode_options``), or a function ``predict(structural, params, events) -> [S, O]``.
     centered
-        Centred random effects (diagonal IIV only); non-centred by default.
+        ``True``: centred random effects for every parameter with IIV; a collection of parameter
+        names: centred for those only; ``False`` (default): non-centred. Diagonal IIV only.
     """
 
     structural: AbstractStructuralModel
@@ -180,7 +185,7 @@ class PopulationModel(eqx.Module):
     error: dict
     correlation: LKJ | None
     method: str | Callable = eqx.field(static=True)
-    centered: bool = eqx.field(static=True)
+    centered: tuple = eqx.field(static=True)
     ode_options: dict = eqx.field(static=True)
 
     def __init__(
@@ -191,7 +196,7 @@ class PopulationModel(eqx.Module):
         *,
         correlation: LKJ | None = None,
         method: str | Callable = "closed_form",
-        centered: bool = False,
+        centered: bool | Collection[str] = False,
         ode_options: Mapping | None = None,
     ):
         if not isinstance(structural, AbstractStructuralModel):
@@ -214,7 +219,18 @@ class PopulationModel(eqx.Module):
         self.error = dict(error)
         self.correlation = correlation
         self.method = method
-        self.centered = bool(centered)
+        iiv = tuple(n for n, p in self.parameters.items() if p.iiv is not None)
+        if isinstance(centered, bool):
+            self.centered = iiv if centered else ()
+        elif isinstance(centered, str) or not isinstance(centered, Collection):
+            raise TypeError(f"PopulationModel(centered={centered!r}): expected True, False or a collection of "
+                            "parameter names, e.g. centered=('s0', 'm0').")
+        else:
+            unknown = [n for n in centered if n not in iiv]
+            if unknown:
+                raise ValueError(f"PopulationModel(centered=...): {unknown} have no IIV; expected names from "
+                                 f"the parameters with iiv=... {list(iiv)}.")
+            self.centered = tuple(n for n in iiv if n in set(centered))
         self.ode_options = dict(ode_options or {})
 
     def __check_init__(self):
@@ -262,7 +278,7 @@ class PopulationModel(eqx.Module):
                 )
             if self.centered:
                 raise ValueError(
-                    "PopulationModel(centered=True, correlation=LKJ(...)): correlated random effects are "
+                    "PopulationModel(centered=..., correlation=LKJ(...)): correlated random effects are "
                     "only available non-centred; use centered=False."
                 )
         seen = {}
@@ -402,10 +418,10 @@ class PopulationModel(eqx.Module):
         names = self.iiv_names
         if not names:
             return {}
-        if self.centered:
-            return {n: values[f"eta_{n}"] for n in names}
         omega = {}
         for n in names:
+            if n in self.centered:
+                continue
             prior = self.parameters[n].iiv
             if f"omega_{n}" in values:
                 omega[n] = values[f"omega_{n}"]
@@ -422,7 +438,7 @@ class PopulationModel(eqx.Module):
                 "correlation matrix (or no eta_* at all for population predictions)."
             )
         if self.correlation is None:
-            return {n: omega[n] * values[f"eta_{n}"] for n in names}
+            return {n: values[f"eta_{n}"] if n in self.centered else omega[n] * values[f"eta_{n}"] for n in names}
         eta = jnp.stack([values[f"eta_{n}"] for n in names], axis=-1)  # [S, P]
         chol = jnp.linalg.cholesky(values["corr_iiv"])
         dev = (eta @ chol.T) * jnp.stack([omega[n] for n in names])
@@ -526,7 +542,7 @@ class PopulationModel(eqx.Module):
         if self.iiv_names:
             with numpyro.plate("subject", events.n_subjects):
                 for name in self.iiv_names:
-                    if self.centered:
+                    if name in self.centered:
                         omega = values.get(f"omega_{name}", self.parameters[name].iiv.init_value())
                         values[f"eta_{name}"] = numpyro.sample(f"eta_{name}", dist.Normal(0.0, omega))
                     else:
@@ -542,6 +558,15 @@ class PopulationModel(eqx.Module):
 
     # ----------------------------------------------------------------------------------------
 
+    def is_centered(self, name: str) -> bool:
+        """Whether ``eta_<name>`` is the deviation itself (centred) rather than standardised."""
+        return name in self.centered
+
+    def _centered_description(self):
+        if not self.centered:
+            return False
+        return True if self.centered == self.iiv_names else list(self.centered)
+
     def describe(self) -> dict:
         """A plain (TOML/JSON-able) description of the model, stored with every fit."""
         structural = {"class": type(self.structural).__name__}
@@ -554,7 +579,7 @@ class PopulationModel(eqx.Module):
             "parameters": {name: p.describe() for name, p in self.parameters.items()},
             "error": {out: e.describe() for out, e in self.error.items()},
             "method": self.method if isinstance(self.method, str) else getattr(self.method, "__name__", repr(self.method)),
-            "centered": self.centered,
+            "centered": self._centered_description(),
         }
         if self.correlation is not None:
             out["correlation"] = self.correlation.describe()

@@ -1,0 +1,575 @@
+"""Patient-level fit of a simulated MajesTEC-1-like trial at the week-8 data cut (issue 5).
+
+    python fits/majestec_virtual/fit.py [--config fits/majestec_virtual/config.toml] [--out DIR]
+
+Steps (README.md in this folder states the decisions and the measured results):
+
+1. **Trial.** Simulate the calibrated MajesTEC-1-like virtual trial (``models/virtual_populations.py``,
+   design ``majestec1``: teclistamab label regimen, full model L0-L5, 12 months) with the config's
+   size and seed; write ``trial.csv`` (NONMEM-style) and ``truth.csv`` (the patients' true
+   covariates and parameters).
+2. **Fit.** Give the fit the rows up to ``[data] until`` (default day 56: the week-8 data cut) of
+   total drug, total sBCMA, M-protein and T cells, all jointly, and fit ``population()`` (the
+   identifiable configuration, below) by NUTS. Saved atomically (``fit.nc``) with its diagnostics
+   report (``report/``: convergence, parameters, shrinkage, GOF, VPC per output, individual fits).
+3. **Recovery.** Population parameters: posterior median and 90 % interval against the values the
+   trial was simulated with (``population_recovery.csv``). Patients: posterior median and 90 %
+   interval of baseline sBCMA (``s0``, the synthesis is ``k_s s0``), E:T (``e0 / n0``), exhaustion rate
+   ``k_exh`` and the other parameters with IIV against each patient's true value: Spearman
+   correlation, correlation of logs, coverage of the 90 % intervals (``individual_recovery.csv``).
+4. **Early-data classification.** Each patient's probability of responding (best confirmed IMWG
+   response >= PR over the trial's 12 months), predicted from the fit: for ``[classify] draws``
+   posterior draws, the patient's parameters simulated to month 12 and assessed monthly
+   (``imwg_response``). Compared by ROC AUC (95 % bootstrap interval) with baseline sBCMA alone
+   (the measured baseline; lower predicts response) and with the week-8 M-protein ratio alone;
+   the truth is the trial's response from its noise-free M-protein (``classification.csv``).
+5. ``summary.md``: all of the above with the run times; ``recovery.png``: true vs estimated s0,
+   E:T and k_exh per patient, and the ROC curves.
+
+**The identifiable configuration** (science.md §2.1; ``population()``): teclistamab PK (L0,
+time-varying clearance) + sBCMA sink (L1) + trimer closed form (L2, QE) + tumour and T cells (L3)
+as in ``BCMAModel(layers=3)``. L4 (no GSI in the trial) and L5 (IL-6 is a read-out that feeds back
+on nothing) are left out. "Reduced" L3: the T-cell states stay, but only kg, kmax, k_exh and E0
+are estimated; every other rate, the binding constants and receptor numbers are fixed at the
+drug's ``TYPICAL`` values (science.md: "fix binding constants, receptor numbers, sBCMA t1/2 and
+paraprotein clearances"). Estimated, each with log-normal IIV (omega ~ HalfNormal): cl, vc, ka,
+s0, m0, e0, kg, kmax, k_exh (centred for s0, m0 and vc, ``CENTRED``); tau50_n typical value only;
+one residual sd per output (two for M-protein). Priors of typical values: LogNormal around the drug's ``TYPICAL`` (tau50_n around
+the value the trial calibration found, ``CALIBRATION``; s0 and m0 around the population medians
+90 ng/mL and 20 g/L) with the log-sds of ``ESTIMATED``. Known covariates (measured at baseline in
+a trial): weight and ISS on cl / vc / vp with MIAO23's fixed effects, bone-marrow tumour burden
+(``BURDEN``: n0 = n0_typ x BURDEN, from the marrow plasma-cell fraction) and membrane BCMA
+density (``BCMA_DENSITY``: r_b0, by flow cytometry). Not given to the fit: the true sBCMA,
+M-protein and marrow T cells of the dataset's covariate columns.
+
+Not modelled by the fit, although the trial has them (misspecification, as in every real fit):
+IIV on cl2, chi, tau50_n and k_rec (log-sds 0.84, 1.0, 1.0, 0.7), absorbed by the estimated
+random effects; the covariates' correlations (sBCMA with burden 0.73).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+REPOSITORY = HERE.parent.parent
+if str(REPOSITORY) not in sys.path:
+    sys.path.insert(0, str(REPOSITORY))  # models/ lives at the repository root
+
+import popkpd  # noqa: E402
+from models import teclistamab, virtual_populations  # noqa: E402
+from popkpd._response import category_index  # noqa: E402
+from popkpd._trial import simulate_trial  # noqa: E402
+from popkpd._trial.summary import responses  # noqa: E402
+
+DVID_OUTPUTS = {1: "conc", 2: "sbcma_total", 3: "m_protein", 4: "t_cells"}
+COVARIATES = ["WEIGHT", "ISS", "BURDEN", "BCMA_DENSITY"]
+
+ESTIMATED = {
+    # name: (log-sd of the LogNormal prior of the typical value, HalfNormal scale of omega or None)
+    "cl": (0.5, 1.0), "vc": (0.5, 1.0), "ka": (0.5, 1.0),
+    "s0": (1.0, 1.5), "m0": (1.0, 1.0), "e0": (1.0, 1.0),
+    "kg": (1.0, 1.0), "kmax": (0.8, 1.0), "k_exh": (0.7, 1.0),
+    "tau50_n": (1.0, None),
+}
+"""Estimated parameters. Prior log-sds: PK 0.5 (MIAO23 is informative); s0, m0 1.0 (population
+spread, science.md §3.2); e0, kg, kmax, k_exh from science.md L3 (E:T's 1.5 narrowed to 1.0);
+tau50_n 1.0 around the calibrated value."""
+
+CENTRED = ("s0", "m0", "vc")
+"""Random effects sampled centred (``PopulationModel(centered=...)``): those the data determine
+well for each patient (baseline sBCMA and M-protein are measured; vc from the rich PK). Non-centred,
+their typical value and standardised effects are strongly correlated a posteriori: the first run
+(non-centred throughout) had R-hat 2.4 for s0_pop and 1.7 for m0_pop. The weakly informed ones
+(e0, kg, kmax, k_exh) stay non-centred (the funnel)."""
+
+INDIVIDUAL = ("s0", "et", "k_exh", "e0", "m0", "kmax", "kg", "cl", "vc", "ka")
+"""Patient-level quantities of the recovery table (``et`` = e0 / n0, the marrow E:T at baseline)."""
+
+DEFAULTS = {
+    "trial": {"design": "majestec1", "patients": 24, "seed": 11},
+    "data": {"until": 56.0, "dvid": [1, 2, 3, 4]},
+    "fit": {"method": "nuts", "chains": 2, "warmup": 250, "draws": 250, "max_tree_depth": 6,
+            "target_accept": 0.85, "seed": 0, "rtol": 1e-6, "atol": 1e-9, "max_steps": 4096, "processes": "auto"},
+    "classify": {"draws": 100},
+}
+
+
+def load_config(path: Path | None) -> dict:
+    """The config (``config.toml``) over ``DEFAULTS``; unknown sections or keys are an error."""
+    config = {section: dict(values) for section, values in DEFAULTS.items()}
+    if path is None:
+        return config
+    with open(path, "rb") as f:
+        given = tomllib.load(f)
+    for section, values in given.items():
+        if section not in config or not isinstance(values, dict):
+            raise ValueError(f"{path}: section [{section}] is not known; expected sections {sorted(DEFAULTS)}.")
+        unknown = sorted(set(values) - set(config[section]))
+        if unknown:
+            raise ValueError(f"{path}: [{section}] has unknown keys {unknown}; expected keys from "
+                             f"{sorted(config[section])}.")
+        config[section].update(values)
+    bad = sorted(set(config["data"]["dvid"]) - set(DVID_OUTPUTS))
+    if bad:
+        raise ValueError(f"{path}: [data] dvid has {bad}; expected a subset of {sorted(DVID_OUTPUTS)} "
+                         f"({DVID_OUTPUTS}).")
+    return config
+
+
+def centres() -> dict:
+    """Prior medians / fixed values of every parameter of the fitted model."""
+    typical = dict(teclistamab.TYPICAL)
+    medians = virtual_populations.CALIBRATION["majestec1"]["medians"]
+    out = {name: float(value) * medians.get(name, 1.0) for name, value in typical.items()}
+    out["s0"] = float(popkpd.ng_per_ml_to_nm(90.0, popkpd.SBCMA_MW_KDA))
+    out["m0"] = 20.0
+    out["r_b0"] = 1.0  # x BCMA_DENSITY (receptors per cell)
+    return out
+
+
+def _covariate_effects() -> dict:
+    p = popkpd
+    return {
+        "cl": [p.Power("WEIGHT", 74.0, p.Fixed(0.704)),
+               p.Categorical("ISS", p.Fixed(1.31), equals=2, label="iss2"),
+               p.Categorical("ISS", p.Fixed(1.67), equals=3, label="iss3")],
+        "vc": [p.Power("WEIGHT", 74.0, p.Fixed(0.358))],
+        "vp": [p.Power("WEIGHT", 74.0, p.Fixed(1.40))],
+        "n0": [p.Power("BURDEN", 1.0, p.Fixed(1.0))],
+        "r_b0": [p.Power("BCMA_DENSITY", 1.0, p.Fixed(1.0))],
+    }
+
+
+def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096) -> popkpd.PopulationModel:
+    """The fitted population model (module docstring, "The identifiable configuration")."""
+    model = popkpd.BCMAModel(layers=3, clearance=teclistamab.MODEL.clearance)
+    centre, effects = centres(), _covariate_effects()
+    parameters = {}
+    for name in model.parameters:
+        covariates = effects.get(name, ())
+        if name in ESTIMATED:
+            sd, omega = ESTIMATED[name]
+            parameters[name] = popkpd.Parameter(popkpd.LogNormal(centre[name], sd),
+                                                iiv=None if omega is None else popkpd.HalfNormal(omega),
+                                                covariates=covariates)
+        else:
+            parameters[name] = popkpd.Parameter(popkpd.Fixed(centre[name]), covariates=covariates)
+    error = {
+        "conc": popkpd.LogNormalError(popkpd.HalfNormal(0.5)),
+        "sbcma_total": popkpd.LogNormalError(popkpd.HalfNormal(0.5)),
+        "m_protein": popkpd.Combined(popkpd.HalfNormal(2.0), popkpd.HalfNormal(0.3)),
+        "t_cells": popkpd.LogNormalError(popkpd.HalfNormal(0.5)),
+    }
+    return popkpd.PopulationModel(model, parameters, error, method="ode", centered=CENTRED,
+                                  ode_options={"rtol": rtol, "atol": atol, "max_steps": max_steps})
+
+
+def population_truth(design) -> dict:
+    """The values the trial was simulated with, under the fitted model's site names: typical
+    values (the trial's population medians at the reference covariates), omegas (the trial's
+    log-sds) and residual sds."""
+    centre = centres()
+    covs = design.population.covariates
+    omega = dict(design.population.iiv)
+    omega.update(s0=covs["sbcma"].log_sd, m0=covs["m0"].log_sd, e0=covs["t_marrow"].log_sd)
+    truth = {f"{name}_pop": centre[name] for name in ESTIMATED}
+    truth.update({f"omega_{name}": omega[name] for name, (_, w) in ESTIMATED.items() if w is not None})
+    for output in DVID_OUTPUTS.values():
+        truth.update({site: float(prior.value) for site, prior in design.errors[output].priors(output).items()})
+    return truth
+
+
+def trial_data(frame: pd.DataFrame, until: float, dvid) -> pd.DataFrame:
+    """The rows of the trial table ``frame`` a fit at the data cut ``until`` (day) sees: doses and
+    observations of ``dvid`` up to it."""
+    keep = (frame.TIME <= until) & ((frame.EVID != 0) | frame.DVID.isin(list(dvid)))
+    return frame[keep].reset_index(drop=True)
+
+
+def _results_config(config) -> dict | None:
+    """The config without the settings that do not change the results (how chains are run)."""
+    if config is None:
+        return None
+    config = json.loads(json.dumps(config))
+    config["fit"].pop("processes", None)
+    return config
+
+
+def fitted_data(config: dict, trial_csv: Path):
+    """``(population, dataset, rows)``: the fitted model and the data cut of the trial in ``trial_csv``."""
+    fc, dc = config["fit"], config["data"]
+    pop = population(fc["rtol"], fc["atol"], int(fc["max_steps"]))
+    frame = trial_data(pd.read_csv(trial_csv), float(dc["until"]), dc["dvid"])
+    dataset = popkpd.read_nonmem(frame, pop.structural, covariates=COVARIATES,
+                                 dvid_outputs={k: DVID_OUTPUTS[k] for k in dc["dvid"]})
+    return pop, dataset, frame
+
+
+def _fit(config: dict, pop, dataset, *, chains=None, seed=None):
+    fc = config["fit"]
+    options = {}
+    if fc["method"] == "nuts":
+        options = {k: fc[k] for k in ("warmup", "max_tree_depth", "target_accept")}
+        options["chains"] = int(fc["chains"] if chains is None else chains)
+    return popkpd.fit(pop, dataset, method=fc["method"], draws=int(fc["draws"]),
+                      seed=int(fc["seed"] if seed is None else seed), progress_bar=sys.stderr.isatty(), **options)
+
+
+def fit_chain(config: dict, out: Path, k: int) -> Path:
+    """Chain ``k`` alone (seed = fit seed + k), from the trial table the driver wrote; saved as
+    ``out/chains/chain_k.nc``. Run by ``--chain k`` in a process of its own."""
+    pop, dataset, _ = fitted_data(config, out / "trial.csv")
+    result = _fit(config, pop, dataset, chains=1, seed=int(config["fit"]["seed"]) + k)
+    return result.save(out / "chains" / f"chain_{k}.nc")
+
+
+def _chain_processes(setting) -> bool:
+    """``[fit] processes``: true / false, or "auto" = one process per chain on a CPU (each chain
+    gets a core), vectorised chains in one process on a GPU."""
+    if setting == "auto":
+        import jax
+
+        return jax.default_backend() == "cpu"
+    if not isinstance(setting, bool):
+        raise ValueError(f"[fit] processes = {setting!r}: expected true, false or \"auto\".")
+    return setting
+
+
+def _chains_in_processes(config: dict, out: Path):
+    """NUTS chains in parallel processes, one per chain (NumPyro's parallel chains fail on a
+    diffrax solve; vectorised chains share one core), merged with ``popkpd.merge_chains``."""
+    (out / "chains").mkdir(parents=True, exist_ok=True)
+    (out / "config_used.json").write_text(json.dumps(config))
+    procs = []
+    for k in range(int(config["fit"]["chains"])):
+        log = open(out / "chains" / f"chain_{k}.log", "w")
+        procs.append((subprocess.Popen([sys.executable, __file__, "--out", str(out), "--chain", str(k)],
+                                       stdout=log, stderr=subprocess.STDOUT), log))
+    failed = []
+    for k, (proc, log) in enumerate(procs):
+        if proc.wait() != 0:
+            failed.append(k)
+        log.close()
+    if failed:
+        raise RuntimeError(f"chains {failed} failed; see {out / 'chains'}/chain_K.log")
+    return popkpd.merge_chains([popkpd.load_fit(out / "chains" / f"chain_{k}.nc") for k in range(len(procs))])
+
+
+# ------------------------------------------------------------------------------------------------
+# recovery
+
+
+def _draws(fit, name) -> np.ndarray:
+    """[draws, subjects] individual values of ``name`` (``et`` = e0 / n0) from the posterior."""
+    posterior = fit.tree["posterior"]
+
+    def flat(n):
+        x = np.asarray(posterior[n].values, dtype=float)
+        return x.reshape((-1,) + x.shape[2:])
+
+    return flat("e0") / flat("n0") if name == "et" else flat(name)
+
+
+def population_recovery(fit, pop, truth: dict) -> pd.DataFrame:
+    """Posterior median and 90 % interval of each population site against ``truth``."""
+    table = popkpd.parameter_table(fit, pop)
+    table = table[~table.fixed & table.parameter.isin(list(truth))].copy()
+    table["truth"] = table.parameter.map(truth)
+    table["covered"] = (table.q05 <= table.truth) & (table.truth <= table.q95)
+    return table[["parameter", "kind", "median", "q05", "q95", "truth", "covered"]].reset_index(drop=True)
+
+
+def individual_recovery(fit, truth: pd.DataFrame, ids) -> pd.DataFrame:
+    """Per patient-level quantity: Spearman correlation of posterior medians with the true values,
+    Pearson correlation of their logs, and the coverage of the 90 % intervals. ``truth``: the
+    trial's ``params`` (one row per ID); ``ids``: the fit's subject IDs in order."""
+    from scipy import stats
+
+    true = truth.set_index("ID").loc[list(ids)]
+    rows = []
+    for name in INDIVIDUAL:
+        x = _draws(fit, name)
+        t = (true["e0"] / true["n0"]).to_numpy() if name == "et" else true[name].to_numpy()
+        med, lo, hi = np.median(x, 0), np.quantile(x, 0.05, 0), np.quantile(x, 0.95, 0)
+        rows.append({"quantity": name, "spearman": stats.spearmanr(med, t).statistic,
+                     "pearson_log": float(np.corrcoef(np.log(med), np.log(t))[0, 1]),
+                     "coverage_90": float(np.mean((lo <= t) & (t <= hi))),
+                     "true_log_sd": float(np.std(np.log(t))), "n": len(t)})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# early-data classification
+
+
+def auc(score, label) -> float:
+    """ROC area: P(score of a random responder > that of a random non-responder), ties count 1/2."""
+    score, label = np.asarray(score, dtype=float), np.asarray(label, dtype=bool)
+    pos, neg = score[label], score[~label]
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError(f"auc: received {pos.size} responders and {neg.size} non-responders; expected at "
+                         "least one of each. Use more patients or a longer follow-up.")
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (pos.size * neg.size))
+
+
+def bootstrap_auc(scores: dict, label, n_boot: int = 2000, seed: int = 0) -> dict:
+    """AUC of each score with a 95 % percentile bootstrap interval over patients, and the
+    interval of each score's AUC minus the first score's (paired: the same resamples)."""
+    rng = np.random.default_rng(seed)
+    label = np.asarray(label, dtype=bool)
+    names = list(scores)
+    values = {n: [] for n in names}
+    for _ in range(n_boot):
+        idx = rng.integers(0, label.size, label.size)
+        if label[idx].all() or not label[idx].any():
+            continue
+        for n in names:
+            values[n].append(auc(np.asarray(scores[n])[idx], label[idx]))
+    out = {}
+    for n in names:
+        v = np.asarray(values[n])
+        d = v - np.asarray(values[names[0]])
+        out[n] = {"auc": auc(scores[n], label), "lo": float(np.quantile(v, 0.025)), "hi": float(np.quantile(v, 0.975)),
+                  "diff_lo": float(np.quantile(d, 0.025)), "diff_hi": float(np.quantile(d, 0.975))}
+    return out
+
+
+def predicted_response(fit, pop, dataset, design, n_draws: int, seed: int = 0) -> np.ndarray:
+    """[subjects] posterior probability of a best confirmed response >= PR over ``design.horizon``:
+    each of ``n_draws`` posterior draws gives every patient's parameters (fitted model), simulated
+    on the regimen to the horizon and assessed at the design's monthly visits."""
+    import jax.numpy as jnp
+
+    posterior = fit.tree["posterior"]
+    n_total = posterior.sizes["chain"] * posterior.sizes["draw"]
+    pick = np.random.default_rng(seed).choice(n_total, size=min(n_draws, n_total), replace=False)
+    sites = [s for s in pop.init_values(dataset.events.n_subjects)] + [
+        s for s in posterior.data_vars if s.startswith("beta_")]
+    flat = {s: np.asarray(posterior[s].values).reshape((n_total,) + posterior[s].shape[2:])[pick]
+            for s in sites if s in posterior.data_vars}
+    n_sub = dataset.events.n_subjects
+    params = []
+    for k in range(pick.size):
+        ind = pop.individual_parameters({s: jnp.asarray(v[k]) for s, v in flat.items()}, dataset.events, COVARIATES)
+        params.append({n: np.broadcast_to(np.asarray(v), (n_sub,)) for n, v in ind.items()})
+    stacked = {n: np.concatenate([p[n] for p in params]) for n in params[0]}
+    weights = dataset.events.cov_value[:, 0, COVARIATES.index("WEIGHT")]
+    visits = design.assessment_times()
+    times = np.concatenate([[0.0], visits])
+    model = pop.structural
+    out = model.outputs.index("m_protein")
+    events = design.regimen.to_events(model, times, weights=np.tile(np.asarray(weights), pick.size),
+                                      until=design.horizon)
+    sol = popkpd.simulate(model, stacked, events, rtol=1e-6, atol=1e-9, throw=False)
+    ok = (np.asarray(sol.result) == 0).reshape(pick.size, n_sub)
+    if not ok.all():
+        print(f"      predicted_response: {int((~ok).sum())} of {ok.size} draw x patient solves failed; "
+              "left out of those patients' probabilities", flush=True)
+    m_protein = np.where(np.isfinite(np.asarray(sol.outputs)[:, :, out]), np.asarray(sol.outputs)[:, :, out], 1.0)
+    best = np.asarray(popkpd.imwg_response(times, m_protein, visits=visits).best).reshape(pick.size, n_sub)
+    responds = (best >= category_index("PR")) & ok
+    return responds.sum(axis=0) / np.maximum(ok.sum(axis=0), 1)
+
+
+def roc_curve(score, label):
+    """(false-positive rate, true-positive rate) over every threshold of ``score``."""
+    score, label = np.asarray(score, dtype=float), np.asarray(label, dtype=bool)
+    thresholds = np.concatenate([[np.inf], np.unique(score)[::-1]])
+    tpr = np.array([(score[label] >= c).mean() for c in thresholds])
+    fpr = np.array([(score[~label] >= c).mean() for c in thresholds])
+    return fpr, tpr
+
+
+def plot_recovery(fit, truth: pd.DataFrame, ids, scores: dict, label, path: Path) -> Path:
+    """``recovery.png``: posterior median and 90 % interval vs the true value of s0, E:T and k_exh
+    (log axes, identity line), and the ROC curves of the classification scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    true = truth.set_index("ID").loc[list(ids)]
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+    for ax, (name, title) in zip(axes, (("s0", "baseline sBCMA s0 (nM)"), ("et", "E:T = e0 / n0"),
+                                       ("k_exh", "exhaustion rate k_exh (1/day)"))):
+        x = _draws(fit, name)
+        t = (true["e0"] / true["n0"]).to_numpy() if name == "et" else true[name].to_numpy()
+        med, lo, hi = np.median(x, 0), np.quantile(x, 0.05, 0), np.quantile(x, 0.95, 0)
+        ax.errorbar(t, med, yerr=[med - lo, hi - med], fmt="o", ms=3, lw=0.8, alpha=0.8)
+        span = [min(t.min(), lo.min()), max(t.max(), hi.max())]
+        ax.plot(span, span, "k--", lw=0.8)
+        ax.set(xscale="log", yscale="log", xlabel="true", ylabel="posterior median, 90 % interval", title=title)
+    ax = axes[3]
+    if 0 < np.sum(label) < np.size(label):
+        for name, score in scores.items():
+            fpr, tpr = roc_curve(score, label)
+            ax.plot(fpr, tpr, drawstyle="steps-post", label=f"{name}: AUC {auc(score, label):.2f}")
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.legend(fontsize=6, loc="lower right")
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title="responders from weeks 0-8")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def observed_at(frame: pd.DataFrame, dvid: int, time: float, ids) -> np.ndarray:
+    """[subjects] observed DV of ``dvid`` at ``time`` (NaN where missing), in the order of ``ids``."""
+    rows = frame[(frame.EVID == 0) & (frame.DVID == dvid) & np.isclose(frame.TIME, time)]
+    return rows.set_index("ID").DV.reindex(list(ids)).to_numpy(dtype=float)
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+
+
+def _markdown(frame: pd.DataFrame, digits: int = 3) -> str:
+    def cell(v):
+        if isinstance(v, (bool, np.bool_)):
+            return "yes" if v else "**no**"
+        if isinstance(v, (float, np.floating)):
+            return f"{v:.{digits}g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = False) -> dict:
+    """Steps 1-5 of the module docstring into ``out``; returns the tables and timings.
+    ``reuse_fit``: take the fit from ``out/fit.nc`` (written by an earlier run with the same
+    config) instead of fitting again."""
+    out.mkdir(parents=True, exist_ok=True)
+    timing = {}
+    t0 = time.perf_counter()
+
+    def step(msg):
+        print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
+
+    tc, dc, fc = config["trial"], config["data"], config["fit"]
+    design = virtual_populations.DESIGNS[tc["design"]]
+    step(f"simulating {design.name}: {tc['patients']} patients, seed {tc['seed']}, {design.horizon:g} days")
+    trial = simulate_trial(design, n=int(tc["patients"]), seed=int(tc["seed"]))
+    trial.dataset.to_csv(out / "trial.csv", index=False)
+    trial.covariates.merge(trial.params, on="ID").to_csv(out / "truth.csv", index=False)
+    timing["trial_s"] = time.perf_counter() - t0
+
+    pop, dataset, frame = fitted_data(config, out / "trial.csv")
+    n_obs = int((frame.EVID == 0).sum())
+    step(f"fitting ({fc['method']}, {fc['chains']} chains x ({fc['warmup']} + {fc['draws']})) to {n_obs} observations "
+         f"up to day {dc['until']:g}")
+    t1 = time.perf_counter()
+    if reuse_fit:
+        fit = popkpd.load_fit(out / "fit.nc")
+        if _results_config(fit.metadata.get("majestec_virtual", {}).get("config")) != _results_config(config):
+            raise ValueError(f"--reuse-fit: {out / 'fit.nc'} was made with another config; expected the same "
+                             "config (run without --reuse-fit to fit again).")
+    elif fc["method"] == "nuts" and int(fc["chains"]) > 1 and _chain_processes(fc["processes"]):
+        fit = _chains_in_processes(config, out)
+    else:
+        fit = _fit(config, pop, dataset)
+    timing["fit_s"] = time.perf_counter() - t1
+    fit.metadata["majestec_virtual"] = {"config": config, "trial_seed": int(tc["seed"]),
+                                        "script": "fits/majestec_virtual/fit.py"}
+    fit.tree.attrs["popkpd"] = json.dumps(fit.metadata)  # saved with the fit
+    fit.save(out / "fit.nc")
+    step(f"fit saved ({timing['fit_s']:.0f} s); writing the diagnostics report")
+    t1 = time.perf_counter()
+    popkpd.write_report(fit, pop, dataset, out / "report", n_sim=report_sims, max_draws=min(50, int(fc["draws"])))
+    timing["report_s"] = time.perf_counter() - t1
+
+    step("recovery and early-data classification")
+    t1 = time.perf_counter()
+    truth = population_truth(design)
+    pop_table = population_recovery(fit, pop, truth)
+    ind_table = individual_recovery(fit, trial.params, dataset.ids)
+    label = np.asarray(responses(trial).best)[np.asarray(dataset.ids) - 1] >= category_index("PR")
+    p_model = predicted_response(fit, pop, dataset, design, int(config["classify"]["draws"]))
+    sbcma0 = observed_at(trial.dataset, 2, 0.0, dataset.ids)
+    week8 = observed_at(trial.dataset, 3, 56.0, dataset.ids) / observed_at(trial.dataset, 3, 0.0, dataset.ids)
+    scores = {"baseline sBCMA (lower = response)": -sbcma0, "fitted model P(>= PR)": p_model}
+    if float(dc["until"]) >= 56.0 and np.all(np.isfinite(week8)):
+        scores["week-8 M-protein ratio (lower = response)"] = -week8
+    both = 0 < label.sum() < label.size  # an AUC needs responders and non-responders
+    classification = bootstrap_auc(scores, label) if both else {}
+    timing["analysis_s"] = time.perf_counter() - t1
+    timing["total_s"] = time.perf_counter() - t0
+    plot_recovery(fit, trial.params, dataset.ids, scores, label, out / "recovery.png")
+    pop_table.to_csv(out / "population_recovery.csv", index=False)
+    ind_table.to_csv(out / "individual_recovery.csv", index=False)
+    pd.DataFrame({"ID": dataset.ids, "responder": label, "p_model": p_model, "sbcma0_nM": sbcma0,
+                  "m_protein_ratio_week8": week8}).to_csv(out / "classification.csv", index=False)
+
+    conv = fit.convergence(pop.population_sites(), loo=False)
+    summary = {"timing_s": timing, "fit_timing_s": fit.metadata.get("timing_s", {}),
+               "n_patients": trial.n, "n_observations": n_obs, "responders": int(label.sum()),
+               "classification": classification, "convergence": str(conv), "config": config}
+    (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
+    (out / "summary.md").write_text(_summary_markdown(summary, pop_table, ind_table, design))
+    step(f"done; {out / 'summary.md'}")
+    return {"fit": fit, "population": pop_table, "individual": ind_table, "classification": classification,
+            "timing": timing, "convergence": conv}
+
+
+def _summary_markdown(summary, pop_table, ind_table, design) -> str:
+    c = summary["config"]
+    cls = pd.DataFrame([{"score": k, "AUC": v["auc"], "95 % interval": f"[{v['lo']:.2f}, {v['hi']:.2f}]",
+                         "AUC minus baseline sBCMA's, 95 % interval": f"[{v['diff_lo']:.2f}, {v['diff_hi']:.2f}]"}
+                        for k, v in summary["classification"].items()])
+    t = summary["timing_s"]
+    return "\n".join([
+        f"# Patient-level fit of a simulated {design.name} trial (generated by fits/majestec_virtual/fit.py)",
+        "",
+        f"Trial: {summary['n_patients']} patients (seed {c['trial']['seed']}), {design.horizon:g} days; the fit sees "
+        f"{summary['n_observations']} observations (DVID {c['data']['dvid']}) up to day {c['data']['until']:g}. "
+        f"Fit: {c['fit']['method']}, {c['fit']['chains']} chains x ({c['fit']['warmup']} warmup + {c['fit']['draws']} draws), "
+        f"max tree depth {c['fit']['max_tree_depth']}, target acceptance {c['fit']['target_accept']}, seed {c['fit']['seed']}, "
+        f"ODE rtol {c['fit']['rtol']:g} / atol {c['fit']['atol']:g}.",
+        "",
+        f"Times (s): trial {t['trial_s']:.0f}, fit {t['fit_s']:.0f} (of which "
+        + ", ".join(f"{k} {max(v) if isinstance(v, list) else v:.0f}" for k, v in summary["fit_timing_s"].items()) + f"), report {t['report_s']:.0f}, "
+        f"recovery and classification {t['analysis_s']:.0f}, total {t['total_s']:.0f}.",
+        "",
+        "## Convergence (population sites)", "", "```", summary["convergence"], "```", "",
+        "## Population parameters: posterior median, 90 % interval, the trial's value", "",
+        _markdown(pop_table), "",
+        "## Patient-level parameters against each patient's true value", "",
+        "`et` = e0 / n0 (marrow E:T at baseline); `s0` baseline sBCMA (nM; synthesis k_s s0). Spearman: "
+        "posterior medians vs truth; coverage: fraction of patients whose 90 % interval holds the truth; "
+        "true_log_sd: spread of the true values (log scale) among these patients.", "",
+        _markdown(ind_table), "",
+        f"## Early-data classification of responders ({summary['responders']} of {summary['n_patients']} respond)", "",
+        "Truth: best confirmed IMWG response >= PR over the 12 months (noise-free M-protein, monthly visits). "
+        "95 % intervals: percentile bootstrap over patients (2,000 resamples, paired for the differences).", "",
+        _markdown(cls) if len(cls) else "Not computed: every patient has the same response.", "",
+    ])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=HERE / "config.toml")
+    parser.add_argument("--out", type=Path, default=HERE / "outputs")
+    parser.add_argument("--reuse-fit", action="store_true", help="analyse the fit already in OUT/fit.nc")
+    parser.add_argument("--chain", type=int, default=None, help="internal: run one chain (see fit_chain)")
+    args = parser.parse_args(argv)
+    if args.chain is not None:
+        fit_chain(json.loads((args.out / "config_used.json").read_text()), args.out, args.chain)
+        return 0
+    run(load_config(args.config), args.out, reuse_fit=args.reuse_fit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""fits/majestec_virtual/fit.py: its configuration, the fitted model's sites, and the statistics of
+the recovery and classification report (checked against independent references); the end-to-end
+run on a tiny trial is ``slow``."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+SCRIPT = REPOSITORY / "fits" / "majestec_virtual" / "fit.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("majestec_virtual_fit", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+mv = _load()
+
+
+def test_shipped_config_is_the_documented_default():
+    assert mv.load_config(SCRIPT.parent / "config.toml") == mv.DEFAULTS
+
+
+def test_config_errors_name_the_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[fit]\nchain = 2\n")
+    with pytest.raises(ValueError, match=r"\[fit\] has unknown keys \['chain'\]"):
+        mv.load_config(bad)
+    bad.write_text("[sampler]\nchains = 2\n")
+    with pytest.raises(ValueError, match=r"section \[sampler\] is not known"):
+        mv.load_config(bad)
+    bad.write_text("[data]\ndvid = [1, 5]\n")
+    with pytest.raises(ValueError, match=r"dvid has \[5\]"):
+        mv.load_config(bad)
+
+
+def test_every_estimated_population_site_has_a_true_value():
+    """Recovery is judged on every population site the fit samples, no more, no fewer."""
+    pop = mv.population()
+    design = mv.virtual_populations.DESIGNS["majestec1"]
+    truth = mv.population_truth(design)
+    assert set(truth) == set(pop.population_sites())
+    # the fit's covariates reproduce the trial's link at the reference patient (74 kg, ISS I)
+    assert truth["cl_pop"] == pytest.approx(mv.teclistamab.TYPICAL["cl"])
+    assert truth["tau50_n_pop"] == pytest.approx(mv.teclistamab.TYPICAL["tau50_n"] * 301.0)
+    assert truth["omega_s0"] == design.population.covariates["sbcma"].log_sd
+
+
+def test_data_cut_keeps_doses_and_fitted_outputs_up_to_the_cut():
+    frame = pd.DataFrame({"ID": [1] * 6, "TIME": [0.0, 0.0, 7.0, 56.0, 56.5, 60.0], "EVID": [0, 1, 1, 0, 0, 1],
+                          "DVID": [2, 0, 0, 3, 5, 0]})
+    cut = mv.trial_data(frame, 56.0, [1, 2, 3, 4])
+    assert cut.TIME.max() == 56.0 and list(cut.EVID) == [0, 1, 1, 0] and 5 not in set(cut.DVID)
+
+
+def test_auc_is_the_mann_whitney_statistic():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        label = rng.random(30) < 0.6
+        score = np.round(rng.normal(label * 0.8, 1.0), 1)  # rounding makes ties
+        u = scipy.stats.mannwhitneyu(score[label], score[~label]).statistic
+        assert mv.auc(score, label) == pytest.approx(u / (label.sum() * (~label).sum()), abs=1e-12)
+    assert mv.auc([3, 2, 1], [True, False, False]) == 1.0
+    with pytest.raises(ValueError, match="0 non-responders"):
+        mv.auc([1.0, 2.0], [True, True])
+
+
+def test_bootstrap_auc_intervals_and_paired_differences():
+    rng = np.random.default_rng(1)
+    label = rng.random(40) < 0.5
+    good = rng.normal(2.0 * label, 1.0)
+    out = mv.bootstrap_auc({"reference": good, "same": good.copy(), "noise": rng.normal(size=40)}, label, n_boot=500)
+    for v in out.values():
+        assert v["lo"] <= v["auc"] <= v["hi"]
+    assert out["same"]["diff_lo"] == out["same"]["diff_hi"] == 0.0
+    assert out["noise"]["diff_hi"] < 0  # a much better score is detected as better
+
+
+@pytest.mark.slow
+def test_the_script_runs_end_to_end_on_a_tiny_trial(tmp_path):
+    """4 patients, 4 weeks, Laplace: every output file, one row per estimated site, finite tables."""
+    config = mv.load_config(None)
+    config["trial"]["patients"] = 4
+    config["data"]["until"] = 28.0
+    config["fit"].update(method="laplace", draws=20)
+    config["classify"]["draws"] = 5
+    out = mv.run(config, tmp_path, report_sims=10)
+    for name in ("trial.csv", "truth.csv", "fit.nc", "population_recovery.csv", "individual_recovery.csv",
+                 "classification.csv", "results.json", "summary.md", "report/summary.md", "recovery.png"):
+        assert (tmp_path / name).is_file(), name
+    assert set(out["population"].parameter) == set(mv.population().population_sites())
+    assert np.all(np.isfinite(out["individual"][["spearman", "coverage_90"]].to_numpy()))
+
+
+def test_roc_curve_area_is_the_auc():
+    rng = np.random.default_rng(2)
+    label = rng.random(25) < 0.5
+    score = np.round(rng.normal(label * 1.0, 1.0), 1)
+    fpr, tpr = mv.roc_curve(score, label)
+    assert fpr[0] == tpr[0] == 0.0 and fpr[-1] == tpr[-1] == 1.0
+    assert np.trapezoid(tpr, fpr) == pytest.approx(mv.auc(score, label), abs=1e-12)  # ties: the diagonal step
