@@ -411,3 +411,25 @@ def test_wrong_fit_population_and_options(case, table, tmp_path):
         plot_vpc(table, tmp_path / "x.png")
     with pytest.raises(TypeError, match="expected the DataFrame"):
         plot_gof(table.to_numpy(), tmp_path / "x.png")
+
+
+def test_failed_replicates_are_left_out_and_counted(case, monkeypatch):
+    """Replicates whose solve fails (non-finite values) are dropped from the VPC and NPDE, counted,
+    and the other replicates are exactly those of a run without failures."""
+    args = (case["fit"], case["population"], case["dataset"])
+    clean = Context(*args, "test").replicates(20, seed=4, max_draws=50)
+    original = Context.simulate
+
+    def failing(self, values, rng):
+        pred, y = original(self, values, rng)
+        y = y.copy()
+        y[[0, 7]] = np.nan
+        return pred, y
+
+    monkeypatch.setattr(Context, "simulate", failing)
+    ctx = Context(*args, "test")
+    kept = ctx.replicates(20, seed=4, max_draws=50)
+    assert ctx.failed_replicates == 2 and kept.shape == (18, clean.shape[1])
+    np.testing.assert_array_equal(kept, np.delete(clean, [0, 7], axis=0))
+    table = vpc(*args, n_sim=20, seed=4, max_draws=50)
+    assert table.attrs["n_sim"] == 18 and table.attrs["failed_replicates"] == 2

@@ -123,6 +123,7 @@ class Context:
         self._run = None
         self._flat = None
         self._pred = None
+        self.failed_replicates = 0
 
     # --- checks ----------------------------------------------------------------------------
 
@@ -265,8 +266,9 @@ class Context:
             pred, loc, scale, log_scale = (
                 np.asarray(a)[:m, self.s_idx, self.o_idx] for a in run({k: jnp.asarray(v) for k, v in chunk.items()})
             )
-            g = loc + scale * rng.standard_normal(loc.shape)
-            with np.errstate(over="ignore"):
+            with np.errstate(invalid="ignore"):  # a failed solve has non-finite loc: kept as NaN
+                g = loc + scale * rng.standard_normal(loc.shape)
+            with np.errstate(over="ignore", invalid="ignore"):
                 ys.append(np.where(log_scale, np.exp(np.where(log_scale, g, 0.0)), g))
             preds.append(pred)
         return np.concatenate(preds), np.concatenate(ys)
@@ -274,13 +276,24 @@ class Context:
     def replicates(self, n: int, seed: int, max_draws: int) -> np.ndarray:
         """``n`` replicate data sets of the same design with new subjects, ``[n, n_observations]``
         (uncensored): replicate ``r`` takes population parameters from thinned posterior draw
-        ``r mod N``, random effects from their distribution, and residual error."""
+        ``r mod N``, random effects from their distribution, and residual error.
+
+        A replicate with a failed solve (a new subject's random effects in a region where the
+        ODE solver fails, non-finite values) is left out: fewer than ``n`` rows come back, and
+        ``failed_replicates`` holds how many were left out (the report states it)."""
         draws = self.draws(max_draws)
         m = len(next(iter(draws.values())))
         pick = np.arange(n) % m
         values = {k: v[pick] for k, v in draws.items()}
         values = self.new_subjects(values, np.random.default_rng([seed, 2]))
-        return self.simulate(values, np.random.default_rng([seed, 1]))[1]
+        y = self.simulate(values, np.random.default_rng([seed, 1]))[1]
+        ok = np.all(np.isfinite(y), axis=1)
+        self.failed_replicates = int((~ok).sum())
+        if not ok.any():
+            raise ValueError(f"All {n} simulated replicates failed (non-finite predictions): the posterior draws with "
+                             "new random effects put subjects where the model cannot be solved. Check the fit "
+                             "(convergence, omegas) or the solver settings (PopulationModel ode_options).")
+        return y[ok]
 
     def limits(self) -> tuple[np.ndarray, np.ndarray]:
         """Per observation, the LLOQ and ULOQ that censor simulated values like the data.

@@ -226,6 +226,11 @@ def _summary(fit, table, vpc_table, pc_table, shrink, params, paths, summary) ->
         f"90 % intervals ({len(vpc_table)} bins x 3, {vpc_table.attrs.get('n_sim')} replicates); about 90 % "
         "or more is expected.",
     ]
+    failed = vpc_table.attrs.get("failed_replicates", 0)
+    if failed:
+        lines.append(f"- {failed} simulated replicates (of {failed + vpc_table.attrs.get('n_sim')}) failed to solve "
+                     "(new subjects' random effects where the ODE cannot be solved) and were left out of the "
+                     "VPC and NPDE: check the omegas and the solver settings.")
     if pc_table is not None:
         lines.append(f"- pcVPC: {coverage(pc_table):.0%} inside.")
     else:
