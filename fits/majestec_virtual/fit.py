@@ -33,8 +33,8 @@ on nothing) are left out. "Reduced" L3: the T-cell states stay, but only kg, kma
 are estimated; every other rate, the binding constants and receptor numbers are fixed at the
 drug's ``TYPICAL`` values (science.md: "fix binding constants, receptor numbers, sBCMA t1/2 and
 paraprotein clearances"). Estimated, each with log-normal IIV (omega ~ HalfNormal): cl, vc, ka,
-s0, m0, e0, kg, kmax, k_exh (centred for s0, m0 and vc, ``CENTRED``); tau50_n typical value only;
-one residual sd per output (two for M-protein). Priors of typical values: LogNormal around the drug's ``TYPICAL`` (tau50_n around
+s0, m0, e0, kg, kmax, k_exh (non-centred, ``CENTRED``); tau50_n typical value only; one residual
+sd per output (two for M-protein). Priors of typical values: LogNormal around the drug's ``TYPICAL`` (tau50_n around
 the value the trial calibration found, ``CALIBRATION``; s0 and m0 around the population medians
 90 ng/mL and 20 g/L) with the log-sds of ``ESTIMATED``. Known covariates (measured at baseline in
 a trial): weight and ISS on cl / vc / vp with MIAO23's fixed effects, bone-marrow tumour burden
@@ -85,12 +85,11 @@ ESTIMATED = {
 spread, science.md §3.2); e0, kg, kmax, k_exh from science.md L3 (E:T's 1.5 narrowed to 1.0);
 tau50_n 1.0 around the calibrated value."""
 
-CENTRED = ("s0", "m0", "vc")
-"""Random effects sampled centred (``PopulationModel(centered=...)``): those the data determine
-well for each patient (baseline sBCMA and M-protein are measured; vc from the rich PK). Non-centred,
-their typical value and standardised effects are strongly correlated a posteriori: the first run
-(non-centred throughout) had R-hat 2.4 for s0_pop and 1.7 for m0_pop. The weakly informed ones
-(e0, kg, kmax, k_exh) stay non-centred (the funnel)."""
+CENTRED = ()
+"""Random effects sampled centred (``PopulationModel(centered=...)``): none. Tried and measured:
+centring s0, m0 and vc (well determined per patient) collapsed omega_vc to 1e-8 at the MAP (a
+centred hierarchical density is unbounded as an omega goes to 0), so the Laplace-initialised chain
+started in the funnel's neck and stuck there (bulk ESS 1-2 in 500 iterations); see README.md."""
 
 INDIVIDUAL = ("s0", "et", "k_exh", "e0", "m0", "kmax", "kg", "cl", "vc", "ka")
 """Patient-level quantities of the recovery table (``et`` = e0 / n0, the marrow E:T at baseline)."""

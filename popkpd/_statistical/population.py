@@ -20,7 +20,10 @@ through the Cholesky factor ``L`` of ``corr_iiv``: ``d_i = omega * (L @ eta_i)``
 ``centered=("s0", "m0")`` centres only those parameters' random effects. Centre the random
 effects the data determine well for each subject (e.g. a baseline measured directly): non-centred
 they make the typical value and the standardised effects strongly correlated a posteriori, which
-NUTS mixes poorly; keep weakly informed ones non-centred (the funnel).
+NUTS mixes poorly; keep weakly informed ones non-centred (the funnel). A centred model's density
+is unbounded as an omega goes to 0, so its MAP (``fit``'s default Laplace initialisation) can
+collapse an omega and start the chains in the funnel's neck: check the MAP's omegas, or start
+from ``init="prior_median"``.
 
 NumPyro site names (public API; they become ArviZ variable names):
 
