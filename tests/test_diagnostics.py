@@ -413,23 +413,39 @@ def test_wrong_fit_population_and_options(case, table, tmp_path):
         plot_gof(table.to_numpy(), tmp_path / "x.png")
 
 
-def test_failed_replicates_are_left_out_and_counted(case, monkeypatch):
-    """Replicates whose solve fails (non-finite values) are dropped from the VPC and NPDE, counted,
-    and the other replicates are exactly those of a run without failures."""
+def test_failed_solves_are_left_out_and_counted(case, monkeypatch):
+    """Draws and replicates whose solve fails (non-finite values) are dropped from IPRED, the VPC
+    and the NPDE, and counted; the other draws give exactly the numbers of a run without failures;
+    when every draw fails the error says so."""
     args = (case["fit"], case["population"], case["dataset"])
-    clean = Context(*args, "test").replicates(20, seed=4, max_draws=50)
-    original = Context.simulate
+    ctx = Context(*args, "test")
+    clean = ctx.replicates(20, seed=4, max_draws=50)
+    clean_pred = ctx.simulate(ctx.draws(20), np.random.default_rng([0, 4]))[0]
+    original = Context._solve
 
     def failing(self, values, rng):
         pred, y = original(self, values, rng)
-        y = y.copy()
-        y[[0, 7]] = np.nan
+        if len(pred) > 7:  # not the single PRED draw
+            pred, y = pred.copy(), y.copy()
+            pred[[0, 7]] = np.nan
+            y[[0, 7]] = np.nan
         return pred, y
 
-    monkeypatch.setattr(Context, "simulate", failing)
+    monkeypatch.setattr(Context, "_solve", failing)
     ctx = Context(*args, "test")
     kept = ctx.replicates(20, seed=4, max_draws=50)
     assert ctx.failed_replicates == 2 and kept.shape == (18, clean.shape[1])
     np.testing.assert_array_equal(kept, np.delete(clean, [0, 7], axis=0))
     table = vpc(*args, n_sim=20, seed=4, max_draws=50)
     assert table.attrs["n_sim"] == 18 and table.attrs["failed_replicates"] == 2
+    pr = predictions(*args, max_draws=20, n_sim=20, seed=0)
+    assert pr.attrs["failed_draws"] == 2 and pr.attrs["failed_replicates"] == 2
+    np.testing.assert_allclose(pr["IPRED"], np.median(np.delete(clean_pred, [0, 7], axis=0), axis=0), rtol=1e-12)
+
+    def all_failing(self, values, rng):
+        pred, y = original(self, values, rng)
+        return np.full_like(pred, np.nan), y
+
+    monkeypatch.setattr(Context, "_solve", all_failing)
+    with pytest.raises(ValueError, match="All 20 simulated draws failed"):
+        Context(*args, "test").simulate(ctx.draws(20), np.random.default_rng(0))

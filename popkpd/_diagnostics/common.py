@@ -247,14 +247,27 @@ class Context:
         loc, scale, log_scale = self._compiled()[1](jnp.asarray(full), medians)
         return tuple(np.asarray(a)[self.s_idx, self.o_idx] for a in (loc, scale, log_scale))
 
-    def simulate(self, values: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def simulate(self, values: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
         """Predictions and one draw of every observation for each draw of ``values``.
 
-        ``values``: ``{site: [N, ...]}``. Returns ``(pred, y)``, each ``[N, n_observations]``:
-        the model prediction and an uncensored observation from the residual error model,
-        ``y = g^-1(loc + scale * eps)`` as in ``ObservationDistribution.sample``, with the standard
-        normal ``eps`` drawn by ``rng`` on the host (cheaper to compile than JAX's PRNG).
+        ``values``: ``{site: [N, ...]}``. Returns ``(pred, y, failed)``: ``pred`` and ``y``
+        ``[N - failed, n_observations]``, the model prediction and an uncensored observation from
+        the residual error model, ``y = g^-1(loc + scale * eps)`` as in
+        ``ObservationDistribution.sample``, with the standard normal ``eps`` drawn by ``rng`` on the
+        host (cheaper to compile than JAX's PRNG). A draw whose solve fails (parameters where the
+        ODE cannot be solved: non-finite values) is left out and counted in ``failed``; a
+        ``ValueError`` when every draw fails.
         """
+        pred, y = self._solve(values, rng)
+        ok = np.all(np.isfinite(pred), axis=1) & np.all(np.isfinite(y), axis=1)
+        if not ok.any():
+            raise ValueError(f"All {len(ok)} simulated draws failed (non-finite predictions): the posterior draws put "
+                             "subjects where the model cannot be solved. Check the fit (convergence, omegas) or the "
+                             "solver settings (PopulationModel ode_options).")
+        return pred[ok], y[ok], int((~ok).sum())
+
+    def _solve(self, values: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``simulate`` without leaving out failed draws (their values are non-finite)."""
         run = self._compiled()[0]
         n = len(next(iter(values.values())))
         preds, ys = [], []
@@ -286,14 +299,8 @@ class Context:
         pick = np.arange(n) % m
         values = {k: v[pick] for k, v in draws.items()}
         values = self.new_subjects(values, np.random.default_rng([seed, 2]))
-        y = self.simulate(values, np.random.default_rng([seed, 1]))[1]
-        ok = np.all(np.isfinite(y), axis=1)
-        self.failed_replicates = int((~ok).sum())
-        if not ok.any():
-            raise ValueError(f"All {n} simulated replicates failed (non-finite predictions): the posterior draws with "
-                             "new random effects put subjects where the model cannot be solved. Check the fit "
-                             "(convergence, omegas) or the solver settings (PopulationModel ode_options).")
-        return y[ok]
+        _, y, self.failed_replicates = self.simulate(values, np.random.default_rng([seed, 1]))
+        return y
 
     def limits(self) -> tuple[np.ndarray, np.ndarray]:
         """Per observation, the LLOQ and ULOQ that censor simulated values like the data.

@@ -57,7 +57,8 @@ def predictions(fit, population=None, dataset=None, *, max_draws: int = 200, n_s
     * ``PRED``: the population prediction: the model at the covariate-adjusted typical values
       (posterior medians of the population sites), random effects zero;
     * ``IPRED``, ``IPRED_5``, ``IPRED_95``: posterior median and 5 %/95 % quantiles of the
-      individual prediction (over the thinned draws);
+      individual prediction (over the thinned draws; a draw whose ODE solve fails is left out and
+      counted in ``table.attrs["failed_draws"]``);
     * ``IWRES``: ``(g(DV) - g(IPRED)) / sd`` with the residual error model's sd at IPRED and the
       posterior-median residual parameters (``g = log`` for ``LogNormalError``, identity
       otherwise); NaN for censored records;
@@ -86,7 +87,7 @@ def predictions(fit, population=None, dataset=None, *, max_draws: int = 200, n_s
 
     pred = ctx.pred()
     draws = ctx.draws(max_draws)
-    ipred_draws, y_ind = ctx.simulate(draws, np.random.default_rng([seed, 4]))
+    ipred_draws, y_ind, failed_draws = ctx.simulate(draws, np.random.default_rng([seed, 4]))
     ipred = np.median(ipred_draws, axis=0)
     lo, hi = np.quantile(ipred_draws, [0.05, 0.95], axis=0)
 
@@ -108,6 +109,7 @@ def predictions(fit, population=None, dataset=None, *, max_draws: int = 200, n_s
     sims = ctx.replicates(n_sim, seed, max_draws)
     table["PDE"] = pde_from_counts(_below(sims, dv), len(sims), cens, rng)  # failed replicates left out
     table.attrs["failed_replicates"] = ctx.failed_replicates
+    table.attrs["failed_draws"] = failed_draws
     table["NPDE"] = ndtri(table["PDE"].to_numpy())
     return table.reset_index(drop=True)
 

@@ -226,6 +226,9 @@ def _summary(fit, table, vpc_table, pc_table, shrink, params, paths, summary) ->
         f"90 % intervals ({len(vpc_table)} bins x 3, {vpc_table.attrs.get('n_sim')} replicates); about 90 % "
         "or more is expected.",
     ]
+    if table.attrs.get("failed_draws"):
+        lines.append(f"- {table.attrs['failed_draws']} posterior draws failed to solve and were left out of IPRED "
+                     "(parameters where the ODE cannot be solved): check the fit and the solver settings.")
     failed = vpc_table.attrs.get("failed_replicates", 0)
     if failed:
         lines.append(f"- {failed} simulated replicates (of {failed + vpc_table.attrs.get('n_sim')}) failed to solve "
