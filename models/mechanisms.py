@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 import popkpd
+from popkpd._structural.bcma import hill
 
 from . import alnuctamab, teclistamab
 
@@ -179,10 +180,6 @@ def matched_inhibition(p):
     return {"k_shed": 1e-6, "imax_gsi": k_int * imax / low, "ic50_gsi": p["ic50_gsi"] * (k_int + k_shed) / low}
 
 
-def _psi(tau, p):
-    return tau ** p["hill_n"] / (p["tau50_n"] ** p["hill_n"] + tau ** p["hill_n"])
-
-
 def gsi():
     """Mechanism 4: GSI (``GSI_DAILY`` mg daily for 28 days) with teclistamab, at baseline sBCMA
     400 ng/mL x burden, tumour burden n0 x ``BURDENS`` (e0 scaled to keep E:T).
@@ -234,7 +231,7 @@ def gsi():
     shape = (len(GSI_R_B0), len(BURDENS), len(GSI_SCAN_ET))
     for k, (name, factor) in enumerate(GSI_SETTINGS.items()):
         rows = slice(k * len(grid) * 2, (k + 1) * len(grid) * 2)
-        psi = _mean(_psi(out["trimers_per_tumour_cell"][rows], {**t, "tau50_n": factor * t["tau50_n"]}))
+        psi = _mean(np.asarray(hill(out["trimers_per_tumour_cell"][rows], factor * t["tau50_n"], t["hill_n"])))
         s = {"tau50_n": factor * t["tau50_n"]}
         for j, arm in enumerate(("gsi", "gsi_no_rise")):
             for key, x in (("reduction", red), ("tumour_end", end), ("best", best), ("sbcma", sb), ("bcma_fold", fold)):
