@@ -41,6 +41,9 @@ def test_config_errors_name_the_key(tmp_path):
     bad.write_text("[data]\ndvid = [1, 5]\n")
     with pytest.raises(ValueError, match=r"dvid has \[5\]"):
         mv.load_config(bad)
+    bad.write_text('[fit]\nprocesses = "yes"\n')
+    with pytest.raises(ValueError, match=r"processes = 'yes'; expected true, false or \"auto\""):
+        mv.load_config(bad)
 
 
 def test_every_estimated_population_site_has_a_true_value():

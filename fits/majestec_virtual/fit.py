@@ -122,6 +122,10 @@ def load_config(path: Path | None) -> dict:
     if bad:
         raise ValueError(f"{path}: [data] dvid has {bad}; expected a subset of {sorted(DVID_OUTPUTS)} "
                          f"({DVID_OUTPUTS}).")
+    processes = config["fit"]["processes"]
+    if not (isinstance(processes, bool) or processes == "auto"):
+        raise ValueError(f"{path}: [fit] processes = {processes!r}; expected true, false or \"auto\" (one process "
+                         "per chain on a CPU, one process on a GPU).")
     return config
 
 
@@ -239,9 +243,7 @@ def _chain_processes(setting) -> bool:
         import jax
 
         return jax.default_backend() == "cpu"
-    if not isinstance(setting, bool):
-        raise ValueError(f"[fit] processes = {setting!r}: expected true, false or \"auto\".")
-    return setting
+    return setting  # a bool (load_config checks)
 
 
 def _chains_in_processes(config: dict, out: Path):
@@ -344,23 +346,21 @@ def bootstrap_auc(scores: dict, label, n_boot: int = 2000, seed: int = 0) -> dic
     return out
 
 
-def predicted_response(fit, pop, dataset, design, n_draws: int, seed: int = 0) -> np.ndarray:
+def predicted_response(fit, pop, dataset, design, n_draws: int) -> np.ndarray:
     """[subjects] posterior probability of a best confirmed response >= PR over ``design.horizon``:
-    each of ``n_draws`` posterior draws gives every patient's parameters (fitted model), simulated
-    on the regimen to the horizon and assessed at the design's monthly visits."""
+    each of ``n_draws`` posterior draws (evenly thinned, as the diagnostics thin them) gives every
+    patient's parameters (fitted model), simulated on the regimen to the horizon and assessed at
+    the design's monthly visits."""
     import jax.numpy as jnp
 
-    posterior = fit.tree["posterior"]
-    n_total = posterior.sizes["chain"] * posterior.sizes["draw"]
-    pick = np.random.default_rng(seed).choice(n_total, size=min(n_draws, n_total), replace=False)
-    sites = [s for s in pop.init_values(dataset.events.n_subjects)] + [
-        s for s in posterior.data_vars if s.startswith("beta_")]
-    flat = {s: np.asarray(posterior[s].values).reshape((n_total,) + posterior[s].shape[2:])[pick]
-            for s in sites if s in posterior.data_vars}
+    from popkpd._diagnostics.common import prepare
+
+    draws = prepare(fit, pop, dataset, "predicted_response").draws(n_draws)
+    n_pick = len(next(iter(draws.values())))
     n_sub = dataset.events.n_subjects
     params = []
-    for k in range(pick.size):
-        ind = pop.individual_parameters({s: jnp.asarray(v[k]) for s, v in flat.items()}, dataset.events, COVARIATES)
+    for k in range(n_pick):
+        ind = pop.individual_parameters({s: jnp.asarray(v[k]) for s, v in draws.items()}, dataset.events, COVARIATES)
         params.append({n: np.broadcast_to(np.asarray(v), (n_sub,)) for n, v in ind.items()})
     stacked = {n: np.concatenate([p[n] for p in params]) for n in params[0]}
     weights = dataset.events.cov_value[:, 0, COVARIATES.index("WEIGHT")]
@@ -368,15 +368,16 @@ def predicted_response(fit, pop, dataset, design, n_draws: int, seed: int = 0) -
     times = np.concatenate([[0.0], visits])
     model = pop.structural
     out = model.outputs.index("m_protein")
-    events = design.regimen.to_events(model, times, weights=np.tile(np.asarray(weights), pick.size),
+    events = design.regimen.to_events(model, times, weights=np.tile(np.asarray(weights), n_pick),
                                       until=design.horizon)
     sol = popkpd.simulate(model, stacked, events, rtol=1e-6, atol=1e-9, throw=False)
-    ok = (np.asarray(sol.result) == 0).reshape(pick.size, n_sub)
+    ok = (np.asarray(sol.result) == 0).reshape(n_pick, n_sub)
     if not ok.all():
         print(f"      predicted_response: {int((~ok).sum())} of {ok.size} draw x patient solves failed; "
               "left out of those patients' probabilities", flush=True)
-    m_protein = np.where(np.isfinite(np.asarray(sol.outputs)[:, :, out]), np.asarray(sol.outputs)[:, :, out], 1.0)
-    best = np.asarray(popkpd.imwg_response(times, m_protein, visits=visits).best).reshape(pick.size, n_sub)
+    m_protein = np.asarray(sol.outputs)[:, :, out]
+    m_protein = np.where(np.isfinite(m_protein), m_protein, 1.0)  # failed solves: left out below
+    best = np.asarray(popkpd.imwg_response(times, m_protein, visits=visits).best).reshape(n_pick, n_sub)
     responds = (best >= category_index("PR")) & ok
     return responds.sum(axis=0) / np.maximum(ok.sum(axis=0), 1)
 
