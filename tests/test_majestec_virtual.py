@@ -44,6 +44,12 @@ def test_config_errors_name_the_key(tmp_path):
     bad.write_text('[fit]\nprocesses = "yes"\n')
     with pytest.raises(ValueError, match=r"processes = 'yes'; expected true, false or \"auto\""):
         mv.load_config(bad)
+    bad.write_text('[fit]\ndense_mass = "yes"\n')
+    with pytest.raises(ValueError, match=r"dense_mass = 'yes'; expected true or false"):
+        mv.load_config(bad)
+    bad.write_text('[fit]\ncentred = ["s0", "tau50_n"]\n')
+    with pytest.raises(ValueError, match=r"centred = \['s0', 'tau50_n'\]; expected a list of parameters with a random"):
+        mv.load_config(bad)
 
 
 def test_every_estimated_population_site_has_a_true_value():

@@ -9,7 +9,14 @@ Prints one JSON line: compile and sampling wall time, minimum bulk ESS over the 
 parameters (ArviZ's estimator, the same as for popkpd), ESS/s, divergences, max R-hat.
 Initial values are Stan's default (uniform(-2, 2) on the unconstrained scale). Also reported:
 the number of leapfrog steps (gradient evaluations, warmup included) and the wall time per step,
-from which a short run gives the cost per gradient of a program too slow to run in full.
+from which a short run gives the cost per gradient of a program too slow to run in full:
+
+    python -m benchmarks.stan.run_stan ode --cost --warmup 0 --draws 10 --stepsize 0.02 --max-depth 5
+
+times 10 iterations of 31 leapfrogs each from the true values, without adaptation (a fixed small
+step, so the trajectories stay in the typical set where the ODE is not stiff; Stan's adaptive
+early warmup on the ODE program can wander where rk45 takes millions of steps). Timing Stan's
+``grad_log_prob`` instead measures mostly pystan's HTTP round trip (about 60 ms a call here).
 """
 
 from __future__ import annotations
@@ -90,6 +97,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--cost", action="store_true",
                         help="cost per gradient only: one chain started at the true values (truth.json), "
                              "--warmup/--draws iterations, reports ms per leapfrog step")
+    parser.add_argument("--stepsize", type=float, default=None, help="Stan's (initial) step size")
+    parser.add_argument("--max-depth", type=int, default=None, help="Stan's maximum tree depth (10)")
     args = parser.parse_args(argv)
     if args.cost:
         args.chains = 1
@@ -119,8 +128,10 @@ def main(argv=None) -> dict:
                     omega_vc=pop["omega_Vc"], omega_ka=pop["omega_ka"], sigma=pop["sigma"],
                     **{f"eta_{k}": [row[f"eta_{K}"] for row in truth["individual"]]
                        for k, K in (("cl", "CL"), ("vc", "Vc"), ("ka", "ka"))})
+    options = dict(init=[init]) if init else {}
+    options.update({k: v for k, v in (("stepsize", args.stepsize), ("max_depth", args.max_depth)) if v is not None})
     fit = posterior.sample(num_chains=args.chains, num_warmup=args.warmup, num_samples=args.draws, delta=0.8,
-                           save_warmup=True, **(dict(init=[init]) if init else {}))
+                           save_warmup=True, **options)
     sampling_s = time.perf_counter() - t0
 
     from arviz_stats import ess, rhat  # the same estimators as for popkpd's draws

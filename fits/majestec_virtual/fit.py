@@ -33,8 +33,8 @@ on nothing) are left out. "Reduced" L3: the T-cell states stay, but only kg, kma
 are estimated; every other rate, the binding constants and receptor numbers are fixed at the
 drug's ``TYPICAL`` values (science.md: "fix binding constants, receptor numbers, sBCMA t1/2 and
 paraprotein clearances"). Estimated, each with log-normal IIV (omega ~ HalfNormal): cl, vc, ka,
-s0, m0, e0, kg, kmax, k_exh (non-centred, ``CENTRED``); tau50_n typical value only; one residual
-sd per output (two for M-protein). Priors of typical values: LogNormal around the drug's ``TYPICAL`` (tau50_n around
+s0, m0, e0, kg, kmax, k_exh (non-centred, except those listed in ``[fit] centred``); tau50_n
+typical value only; one residual sd per output (two for M-protein). Priors of typical values: LogNormal around the drug's ``TYPICAL`` (tau50_n around
 the value the trial calibration found, ``CALIBRATION``; s0 and m0 around the population medians
 90 ng/mL and 20 g/L) with the log-sds of ``ESTIMATED``. Known covariates (measured at baseline in
 a trial): weight and ISS on cl / vc / vp with MIAO23's fixed effects, bone-marrow tumour burden
@@ -85,12 +85,6 @@ ESTIMATED = {
 spread, science.md §3.2); e0, kg, kmax, k_exh from science.md L3 (E:T's 1.5 narrowed to 1.0);
 tau50_n 1.0 around the calibrated value."""
 
-CENTRED = ()
-"""Random effects sampled centred (``PopulationModel(centered=...)``): none. Tried and measured:
-centring s0, m0 and vc (well determined per patient) collapsed omega_vc to 1e-8 at the MAP (a
-centred hierarchical density is unbounded as an omega goes to 0), so the Laplace-initialised chain
-started in the funnel's neck and stuck there (bulk ESS 1-2 in 500 iterations); see README.md."""
-
 INDIVIDUAL = ("s0", "et", "k_exh", "e0", "m0", "kmax", "kg", "cl", "vc", "ka")
 """Patient-level quantities of the recovery table (``et`` = e0 / n0, the marrow E:T at baseline)."""
 
@@ -98,7 +92,8 @@ DEFAULTS = {
     "trial": {"design": "majestec1", "patients": 24, "seed": 11},
     "data": {"until": 56.0, "dvid": [1, 2, 3, 4]},
     "fit": {"method": "nuts", "chains": 2, "warmup": 250, "draws": 250, "max_tree_depth": 6,
-            "target_accept": 0.85, "seed": 0, "rtol": 1e-6, "atol": 1e-9, "max_steps": 4096, "processes": "auto"},
+            "target_accept": 0.85, "seed": 0, "rtol": 1e-6, "atol": 1e-9, "max_steps": 4096, "processes": "auto",
+            "centred": [], "dense_mass": False},
     "classify": {"draws": 100},
 }
 
@@ -126,6 +121,13 @@ def load_config(path: Path | None) -> dict:
     if not (isinstance(processes, bool) or processes == "auto"):
         raise ValueError(f"{path}: [fit] processes = {processes!r}; expected true, false or \"auto\" (one process "
                          "per chain on a CPU, one process on a GPU).")
+    if not isinstance(config["fit"]["dense_mass"], bool):
+        raise ValueError(f"{path}: [fit] dense_mass = {config['fit']['dense_mass']!r}; expected true or false.")
+    with_iiv = sorted(name for name, (_, omega) in ESTIMATED.items() if omega is not None)
+    centred = config["fit"]["centred"]
+    if not isinstance(centred, list) or not set(centred) <= set(with_iiv):
+        raise ValueError(f"{path}: [fit] centred = {centred!r}; expected a list of parameters with a random "
+                         f"effect, from {with_iiv} (the others stay non-centred).")
     return config
 
 
@@ -153,8 +155,10 @@ def _covariate_effects() -> dict:
     }
 
 
-def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096) -> popkpd.PopulationModel:
-    """The fitted population model (module docstring, "The identifiable configuration")."""
+def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, centred=()) -> popkpd.PopulationModel:
+    """The fitted population model (module docstring, "The identifiable configuration"); the
+    random effects of ``centred`` are sampled centred (``PopulationModel(centered=...)``), the
+    others non-centred."""
     model = popkpd.BCMAModel(layers=3, clearance=teclistamab.MODEL.clearance)
     centre, effects = centres(), _covariate_effects()
     parameters = {}
@@ -173,7 +177,7 @@ def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096) ->
         "m_protein": popkpd.Combined(popkpd.HalfNormal(2.0), popkpd.HalfNormal(0.3)),
         "t_cells": popkpd.LogNormalError(popkpd.HalfNormal(0.5)),
     }
-    return popkpd.PopulationModel(model, parameters, error, method="ode", centered=CENTRED,
+    return popkpd.PopulationModel(model, parameters, error, method="ode", centered=tuple(centred),
                                   ode_options={"rtol": rtol, "atol": atol, "max_steps": max_steps})
 
 
@@ -211,7 +215,7 @@ def _results_config(config) -> dict | None:
 def fitted_data(config: dict, trial_csv: Path):
     """``(population, dataset, rows)``: the fitted model and the data cut of the trial in ``trial_csv``."""
     fc, dc = config["fit"], config["data"]
-    pop = population(fc["rtol"], fc["atol"], int(fc["max_steps"]))
+    pop = population(fc["rtol"], fc["atol"], int(fc["max_steps"]), fc["centred"])
     frame = trial_data(pd.read_csv(trial_csv), float(dc["until"]), dc["dvid"])
     dataset = popkpd.read_nonmem(frame, pop.structural, covariates=COVARIATES,
                                  dvid_outputs={k: DVID_OUTPUTS[k] for k in dc["dvid"]})
@@ -222,7 +226,7 @@ def _fit(config: dict, pop, dataset, *, chains=None, seed=None):
     fc = config["fit"]
     options = {}
     if fc["method"] == "nuts":
-        options = {k: fc[k] for k in ("warmup", "max_tree_depth", "target_accept")}
+        options = {k: fc[k] for k in ("warmup", "max_tree_depth", "target_accept", "dense_mass")}
         options["chains"] = int(fc["chains"] if chains is None else chains)
     return popkpd.fit(pop, dataset, method=fc["method"], draws=int(fc["draws"]),
                       seed=int(fc["seed"] if seed is None else seed), progress_bar=sys.stderr.isatty(), **options)
