@@ -30,25 +30,18 @@ def test_shipped_config_is_the_documented_default():
     assert mv.load_config(SCRIPT.parent / "config.toml") == mv.DEFAULTS
 
 
-def test_config_errors_name_the_key(tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ("[fit]\nchain = 2\n", r"\[fit\] has unknown keys \['chain'\]"),
+    ("[sampler]\nchains = 2\n", r"section \[sampler\] is not known"),
+    ("[data]\ndvid = [1, 5]\n", r"dvid has \[5\]"),
+    ('[fit]\nprocesses = "yes"\n', r"processes = 'yes'; expected true, false or \"auto\""),
+    ('[fit]\ndense_mass = "yes"\n', r"dense_mass = 'yes'; expected true or false"),
+    ('[fit]\ncentred = ["s0", "tau50_n"]\n', r"centred = \['s0', 'tau50_n'\]; expected a list of parameters with a random"),
+])
+def test_config_errors_name_the_key(tmp_path, text, message):
     bad = tmp_path / "bad.toml"
-    bad.write_text("[fit]\nchain = 2\n")
-    with pytest.raises(ValueError, match=r"\[fit\] has unknown keys \['chain'\]"):
-        mv.load_config(bad)
-    bad.write_text("[sampler]\nchains = 2\n")
-    with pytest.raises(ValueError, match=r"section \[sampler\] is not known"):
-        mv.load_config(bad)
-    bad.write_text("[data]\ndvid = [1, 5]\n")
-    with pytest.raises(ValueError, match=r"dvid has \[5\]"):
-        mv.load_config(bad)
-    bad.write_text('[fit]\nprocesses = "yes"\n')
-    with pytest.raises(ValueError, match=r"processes = 'yes'; expected true, false or \"auto\""):
-        mv.load_config(bad)
-    bad.write_text('[fit]\ndense_mass = "yes"\n')
-    with pytest.raises(ValueError, match=r"dense_mass = 'yes'; expected true or false"):
-        mv.load_config(bad)
-    bad.write_text('[fit]\ncentred = ["s0", "tau50_n"]\n')
-    with pytest.raises(ValueError, match=r"centred = \['s0', 'tau50_n'\]; expected a list of parameters with a random"):
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=message):
         mv.load_config(bad)
 
 

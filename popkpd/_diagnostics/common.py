@@ -123,7 +123,6 @@ class Context:
         self._run = None
         self._flat = None
         self._pred = None
-        self.failed_replicates = 0
 
     # --- checks ----------------------------------------------------------------------------
 
@@ -292,15 +291,14 @@ class Context:
         ``r mod N``, random effects from their distribution, and residual error.
 
         A replicate with a failed solve (a new subject's random effects in a region where the
-        ODE solver fails, non-finite values) is left out: fewer than ``n`` rows come back, and
-        ``failed_replicates`` holds how many were left out (the report states it)."""
+        ODE solver fails, non-finite values) is left out: ``n - len(result)`` of them (callers
+        record that count; the report states it)."""
         draws = self.draws(max_draws)
         m = len(next(iter(draws.values())))
         pick = np.arange(n) % m
         values = {k: v[pick] for k, v in draws.items()}
         values = self.new_subjects(values, np.random.default_rng([seed, 2]))
-        _, y, self.failed_replicates = self.simulate(values, np.random.default_rng([seed, 1]))
-        return y
+        return self.simulate(values, np.random.default_rng([seed, 1]))[1]
 
     def limits(self) -> tuple[np.ndarray, np.ndarray]:
         """Per observation, the LLOQ and ULOQ that censor simulated values like the data.

@@ -108,7 +108,7 @@ def predictions(fit, population=None, dataset=None, *, max_draws: int = 200, n_s
     table["INPDE"] = ndtri(table["IPDE"].to_numpy())
     sims = ctx.replicates(n_sim, seed, max_draws)
     table["PDE"] = pde_from_counts(_below(sims, dv), len(sims), cens, rng)  # failed replicates left out
-    table.attrs["failed_replicates"] = ctx.failed_replicates
+    table.attrs["failed_replicates"] = n_sim - len(sims)
     table.attrs["failed_draws"] = failed_draws
     table["NPDE"] = ndtri(table["PDE"].to_numpy())
     return table.reset_index(drop=True)

@@ -202,6 +202,6 @@ def vpc(
     sims = ctx.replicates(n_sim, seed, max_draws)
     lloq, uloq = ctx.limits()
     table = vpc_table(time, output, obs["DV"].to_numpy(), obs["CENS"].to_numpy(), sims, lloq, uloq, edges, pred)
-    table.attrs.update(n_sim=len(sims), failed_replicates=ctx.failed_replicates,
+    table.attrs.update(n_sim=len(sims), failed_replicates=n_sim - len(sims),
                        prediction_corrected=prediction_corrected, seed=seed)
     return table
