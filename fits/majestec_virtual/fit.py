@@ -222,21 +222,24 @@ def fitted_data(config: dict, trial_csv: Path):
     return pop, dataset, frame
 
 
-def _fit(config: dict, pop, dataset, *, chains=None, seed=None):
+def _fit(config: dict, pop, dataset, *, chains=None, seed=None, progress_bar=None):
     fc = config["fit"]
     options = {}
     if fc["method"] == "nuts":
         options = {k: fc[k] for k in ("warmup", "max_tree_depth", "target_accept", "dense_mass")}
         options["chains"] = int(fc["chains"] if chains is None else chains)
     return popkpd.fit(pop, dataset, method=fc["method"], draws=int(fc["draws"]),
-                      seed=int(fc["seed"] if seed is None else seed), progress_bar=sys.stderr.isatty(), **options)
+                      seed=int(fc["seed"] if seed is None else seed),
+                      progress_bar=sys.stderr.isatty() if progress_bar is None else progress_bar, **options)
 
 
 def fit_chain(config: dict, out: Path, k: int) -> Path:
     """Chain ``k`` alone (seed = fit seed + k), from the trial table the driver wrote; saved as
-    ``out/chains/chain_k.nc``. Run by ``--chain k`` in a process of its own."""
+    ``out/chains/chain_k.nc``. Run by ``--chain k`` in a process of its own, whose output goes to
+    ``out/chains/chain_k.log``: NumPyro's progress bar is written there (follow a long run with
+    ``tail -c 300 out/chains/chain_0.log``)."""
     pop, dataset, _ = fitted_data(config, out / "trial.csv")
-    result = _fit(config, pop, dataset, chains=1, seed=int(config["fit"]["seed"]) + k)
+    result = _fit(config, pop, dataset, chains=1, seed=int(config["fit"]["seed"]) + k, progress_bar=True)
     return result.save(out / "chains" / f"chain_{k}.nc")
 
 
