@@ -314,7 +314,7 @@ def _expm(x):
     ``x`` is scaled by ``2^-s`` to 1-norm <= 1 (truncation error <= e/20! ~ 1e-18 relative), the
     polynomial is evaluated with 7 matrix products (Paterson-Stockmeyer in blocks of four), then
     squared ``s`` times (at most 20: 1-norms up to 1e6; beyond that the result is NaN and
-    ``simulate`` reports the subject). No linear solve, which keeps batched gradients cheap;
+    ``simulate`` reports the subject; ``_square`` runs only as many rounds as the batch needs). No linear solve, which keeps batched gradients cheap;
     agrees with ``scipy.linalg.expm`` to ~1e-12 relative (tests/test_performance_paths.py)."""
     n = x.shape[0]
     norm = jnp.max(jnp.sum(jnp.abs(x), axis=0))
@@ -334,11 +334,88 @@ def _expm(x):
     for j in (3, 2, 1, 0):
         r = block(j) + y4 @ r
 
-    def square(r, i):
-        return jnp.where(i < s, r @ r, r), None
-
-    r, _ = jax.lax.scan(square, r, jnp.arange(_MAX_SQUARINGS))
+    r = _square(r, jax.lax.stop_gradient(s).astype(jnp.int32))
     return jnp.where(norm <= 2.0**_MAX_SQUARINGS, r, jnp.nan)
+
+
+@jax.custom_vjp
+def _square(r, s):
+    """``r`` squared ``s`` times (``0 <= s <= _MAX_SQUARINGS``; ``r`` [..., n, n], ``s`` [...]).
+
+    The loops run as many squarings as the largest ``s`` of the whole batch needs (about 3-8 for
+    dose intervals of days), not ``_MAX_SQUARINGS``: a masked scan over the maximum cost as much as
+    the rest of the propagator. A while loop has no reverse-mode derivative, hence this VJP, and
+    under ``vmap`` its trip count would become per-element, hence the batching rules below that
+    keep one count for the batch. Forward mode is not available through it (the Laplace Hessian
+    then falls back to differences of the gradient)."""
+    return _squarings(r, s)[0]
+
+
+def _batch_rule(fn):
+    def rule(axis_size, in_batched, *args):
+        args = [a if b else jnp.broadcast_to(a, (axis_size,) + a.shape) for a, b in zip(args, in_batched)]
+        out = fn(*args)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return rule
+
+
+@jax.custom_batching.custom_vmap
+def _squarings(r, s):
+    """Forward loop of ``_square``: the result and every intermediate power [..., MAX, n, n]."""
+    def body(carry):
+        i, r, powers = carry
+        powers = powers.at[..., i, :, :].set(r)
+        return i + 1, jnp.where((i < s)[..., None, None], r @ r, r), powers
+
+    rounds = jnp.max(s, initial=0)  # one trip count for the whole batch
+    powers = jnp.zeros(r.shape[:-2] + (_MAX_SQUARINGS,) + r.shape[-2:], r.dtype)
+    _, r, powers = jax.lax.while_loop(lambda carry: carry[0] < rounds, body, (jnp.zeros((), jnp.int32), r, powers))
+    return r, powers
+
+
+@jax.custom_batching.custom_vmap
+def _unsquarings(powers, s, g):
+    """Backward loop of ``_square``: r_{i+1} = r_i r_i, so the cotangent of r_i is
+    g r_i^T + r_i^T g, from i = s - 1 down to 0."""
+    def body(carry):
+        i, g = carry
+        r = powers[..., i - 1, :, :]
+        rt = jnp.swapaxes(r, -1, -2)
+        return i - 1, jnp.where((i - 1 < s)[..., None, None], g @ rt + rt @ g, g)
+
+    _, g = jax.lax.while_loop(lambda carry: carry[0] > 0, body, (jnp.max(s, initial=0), g))
+    return g
+
+
+_squarings.def_vmap(_batch_rule(_squarings))
+_unsquarings.def_vmap(_batch_rule(_unsquarings))
+
+
+@jax.custom_jvp
+def _reverse_only(x):
+    """The identity, whose forward-mode derivative is a clear error: guards the custom-batched
+    loops, which JAX cannot differentiate in forward mode (it would recurse)."""
+    return x
+
+
+@_reverse_only.defjvp
+def _reverse_only_jvp(primals, tangents):
+    raise TypeError("the matrix exponential of solver='expm' has a reverse-mode derivative only "
+                    "(its squaring loop); use jax.grad / jax.vjp, or finite differences of the gradient")
+
+
+def _square_fwd(r, s):
+    r, powers = _squarings(_reverse_only(r), s)
+    return r, (powers, s)
+
+
+def _square_bwd(residual, g):
+    powers, s = residual
+    return _unsquarings(_reverse_only(powers), s, _reverse_only(g)), None
+
+
+_square.defvjp(_square_fwd, _square_bwd)
 
 
 def _flow(a, u, dt):
@@ -579,7 +656,8 @@ def simulate(
             linear propagator, a matrix exponential between consecutive events (doses, infusion
             stops, changes of time-varying parameters); exact up to rounding, no step-size
             control (``rtol``, ``atol``, ``max_steps``, ``adjoint`` do not apply), ``num_steps``
-            is 0. Much cheaper than an ODE solver, for values and gradients.
+            is 0. Much cheaper than an ODE solver, for values and gradients (reverse mode only:
+            ``jax.grad`` / ``jax.vjp``; forward mode raises a TypeError).
         rtol, atol: step-size control tolerances; max_steps: per dose interval.
         adjoint: a diffrax adjoint (default ``RecursiveCheckpointAdjoint``; ``ForwardMode()``
             for forward-mode sensitivities).
