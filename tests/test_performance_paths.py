@@ -2,7 +2,9 @@
 
 * ``solver="expm"`` (exact linear propagator) against the closed forms (themselves checked
   against scipy in test_analytic.py) over every dose type, and against an event-driven scipy
-  solve for a time-varying parameter; its gradients against the closed form's.
+  solve for a time-varying parameter; its gradients against the closed form's; the matrix
+  exponential's reverse-mode derivative (custom VJP of its squaring loop) against scipy's
+  Frechet derivative.
 * ``sensitivity="forward"`` (per-subject forward-mode Jacobian behind a custom VJP): the same
   values as the default, gradients equal to the reverse-mode ones and to finite differences (a
   linear model; a nonlinear one in a slow test), and to a hand-derived gradient for a
