@@ -286,7 +286,8 @@ def find_map(posterior: FlatPosterior, *, ids=None, max_iterations=5000):
 def _hessian(potential, value_and_grad, x):
     """Hessian of ``potential`` at ``x``: exact (forward-over-reverse) where the model allows it,
     else central differences of the compiled gradient (ODE solves through diffrax's checkpointed
-    adjoint and the matrix exponential of ``solver="expm"`` are reverse-mode only). Returns ``(H, "exact" | "finite differences")``."""
+    adjoint and the matrix exponential of ``solver="expm"`` are reverse-mode only).
+    Returns ``(H, "exact" | "finite differences")``."""
     try:
         hessian = np.asarray(jax.jit(jax.hessian(potential))(jnp.asarray(x)))
         method = "exact"

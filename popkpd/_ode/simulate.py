@@ -314,8 +314,9 @@ def _expm(x):
     ``x`` is scaled by ``2^-s`` to 1-norm <= 1 (truncation error <= e/20! ~ 1e-18 relative), the
     polynomial is evaluated with 7 matrix products (Paterson-Stockmeyer in blocks of four), then
     squared ``s`` times (at most 20: 1-norms up to 1e6; beyond that the result is NaN and
-    ``simulate`` reports the subject; ``_square`` runs only as many rounds as the batch needs). No linear solve, which keeps batched gradients cheap;
-    agrees with ``scipy.linalg.expm`` to ~1e-12 relative (tests/test_performance_paths.py)."""
+    ``simulate`` reports the subject; ``_square`` runs only as many rounds as the batch needs).
+    No linear solve, which keeps batched gradients cheap; agrees with ``scipy.linalg.expm`` to
+    ~1e-12 relative (tests/test_performance_paths.py)."""
     n = x.shape[0]
     norm = jnp.max(jnp.sum(jnp.abs(x), axis=0))
     s = jnp.ceil(jnp.log2(jnp.maximum(norm, jnp.finfo(x.dtype).tiny)))
