@@ -163,6 +163,14 @@ def test_matrix_exponential_gradient_matches_scipy_frechet_derivative():
     np.testing.assert_allclose(one, grad[1, 0], rtol=1e-12)
 
 
+def test_matrix_exponential_forward_mode_is_a_clear_error():
+    """Second derivatives need forward over reverse mode, which the squaring loop has not: a
+    TypeError that says so (find_map catches it and differentiates the gradient instead)."""
+    a = jnp.asarray([[-1.0, 0.2], [0.3, -2.0]])
+    with pytest.raises(TypeError, match="reverse-mode derivative only.*finite differences of the gradient"):
+        jax.hessian(lambda a: jnp.sum(_expm(a)))(a)
+
+
 def test_expm_needs_a_linear_model():
     ev = make_events([([dict(time=0.0, amt=100.0, cmt=0)], [dict(time=1.0)])])
     with pytest.raises(ValueError, match="solver='expm' needs a linear model.*MichaelisMenten.*tsit5"):

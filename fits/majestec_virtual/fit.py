@@ -34,8 +34,8 @@ are estimated; every other rate, the binding constants and receptor numbers are 
 drug's ``TYPICAL`` values (science.md: "fix binding constants, receptor numbers, sBCMA t1/2 and
 paraprotein clearances"). Estimated, each with log-normal IIV (omega ~ HalfNormal): cl, vc, ka,
 s0, m0, e0, kg, kmax, k_exh (non-centred, except those listed in ``[fit] centred``); tau50_n
-typical value only; one residual sd per output (two for M-protein). Priors of typical values: LogNormal around the drug's ``TYPICAL`` (tau50_n around
-the value the trial calibration found, ``CALIBRATION``; s0 and m0 around the population medians
+typical value only; one residual sd per output (two for M-protein). Priors of typical values:
+LogNormal around the drug's ``TYPICAL`` (tau50_n around the value the trial calibration found, ``CALIBRATION``; s0 and m0 around the population medians
 90 ng/mL and 20 g/L) with the log-sds of ``ESTIMATED``. Known covariates (measured at baseline in
 a trial): weight and ISS on cl / vc / vp with MIAO23's fixed effects, bone-marrow tumour burden
 (``BURDEN``: n0 = n0_typ x BURDEN, from the marrow plasma-cell fraction) and membrane BCMA
