@@ -35,12 +35,13 @@ drug's ``TYPICAL`` values (science.md: "fix binding constants, receptor numbers,
 paraprotein clearances"). Estimated, each with log-normal IIV (omega ~ HalfNormal): cl, vc, ka,
 s0, m0, e0, kg, kmax, k_exh (non-centred, except those listed in ``[fit] centred``); tau50_n
 typical value only; one residual sd per output (two for M-protein). Priors of typical values:
-LogNormal around the drug's ``TYPICAL`` (tau50_n around the value the trial calibration found, ``CALIBRATION``; s0 and m0 around the population medians
-90 ng/mL and 20 g/L) with the log-sds of ``ESTIMATED``. Known covariates (measured at baseline in
-a trial): weight and ISS on cl / vc / vp with MIAO23's fixed effects, bone-marrow tumour burden
-(``BURDEN``: n0 = n0_typ x BURDEN, from the marrow plasma-cell fraction) and membrane BCMA
-density (``BCMA_DENSITY``: r_b0, by flow cytometry). Not given to the fit: the true sBCMA,
-M-protein and marrow T cells of the dataset's covariate columns.
+LogNormal around the drug's ``TYPICAL`` (tau50_n around the value the trial calibration found,
+``CALIBRATION``; s0 and m0 around the population medians 90 ng/mL and 20 g/L) with the log-sds
+of ``ESTIMATED``. Known covariates (measured at baseline in a trial): weight and ISS on cl / vc /
+vp with MIAO23's fixed effects, bone-marrow tumour burden (``BURDEN``: n0 = n0_typ x BURDEN,
+from the marrow plasma-cell fraction) and membrane BCMA density (``BCMA_DENSITY``: r_b0, by flow
+cytometry). Not given to the fit: the true sBCMA, M-protein and marrow T cells of the dataset's
+covariate columns.
 
 Not modelled by the fit, although the trial has them (misspecification, as in every real fit):
 IIV on cl2, chi, tau50_n and k_rec (log-sds 0.84, 1.0, 1.0, 0.7), absorbed by the estimated
