@@ -41,9 +41,17 @@ pre-dose sample, as in NONMEM).
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
+
+
+def host_readable(x) -> bool:
+    """``x`` has values the host can read now: not traced, and not spread over other processes'
+    devices (a subject-sharded array of a multi-host fit). Host-side checks of event arrays run
+    only then."""
+    return not isinstance(x, jax.core.Tracer) and getattr(x, "is_fully_addressable", True)
 
 
 class Events(eqx.Module):

@@ -24,6 +24,11 @@ a GPU. On a CPU, JAX sees one device unless told otherwise *before it initialise
 that wants parallel CPU chains calls ``numpyro.set_host_device_count(chains)`` (or sets
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) before its first JAX computation; a
 library cannot do it after import, so popkpd does not try.
+
+Subjects over devices (``devices=[...]``): the log density's subjects are split over the given
+devices (a ``jax.sharding`` mesh, ``popkpd._ode.sharding``) inside every jitted evaluation, and
+the chains run vectorised on them; this works for the ODE path too (no pmap), on several GPUs of
+one host, and on several hosts after ``jax.distributed.initialize`` (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 import scipy.stats
+from jax.experimental import multihost_utils
 from jax.flatten_util import ravel_pytree
 from numpyro.distributions.transforms import biject_to
 from numpyro.handlers import seed, substitute, trace
@@ -44,6 +50,7 @@ from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import constrain_fn, potential_energy
 
 from .._events import Events
+from .._ode.sharding import check_divisible, constrain_subjects, subject_mesh
 from .._statistical.population import PopulationModel
 from .io import Fit, build_tree, collect_metadata
 
@@ -112,9 +119,10 @@ class FlatPosterior:
     (one small XLA compilation per operation, tens of seconds on a loaded CPU).
     """
 
-    def __init__(self, population: PopulationModel, events: Events, covariate_names=()):
+    def __init__(self, population: PopulationModel, events: Events, covariate_names=(), mesh=None):
         self.population = population
         self.events = events
+        self.mesh = mesh  # a subject mesh: the potential's subjects are split over its devices
         self.args = (events,)
         self.kwargs = {"covariate_names": tuple(covariate_names)}
         init = population.init_values(events.n_subjects)
@@ -133,7 +141,12 @@ class FlatPosterior:
         self.init_values = init
 
     def potential(self, x):
-        return potential_energy(self.population.model, self.args, self.kwargs, self.unravel(x))
+        args = self.args
+        if self.mesh is not None and isinstance(x, jax.core.Tracer):
+            # under jit: XLA partitions the subjects' work over the mesh (an eager call, such as
+            # NumPyro's first evaluation, stays on one device)
+            args = (constrain_subjects(self.events, self.mesh, self.events.n_subjects),)
+        return potential_energy(self.population.model, args, self.kwargs, self.unravel(x))
 
     def constrain(self, x):
         return constrain_fn(self.population.model, self.args, self.kwargs, self.unravel(x), return_deterministic=True)
@@ -318,7 +331,15 @@ def default_chain_method(population: PopulationModel, chains: int) -> str:
     return "vectorized"
 
 
-def _check_chain_method(population, chain_method, chains):
+def _check_chain_method(population, chain_method, chains, devices=None):
+    if devices is not None:  # the devices hold the subjects; the chains run vectorised on them
+        if chain_method == "parallel":
+            raise ValueError(
+                "fit(chain_method='parallel', devices=[...]): the devices already hold the subjects (split "
+                "over them); expected chain_method='vectorized' (or None) with devices."
+            )
+        if chain_method is None:
+            return "vectorized" if chains > 1 else "sequential"
     if chain_method is None:
         return default_chain_method(population, chains)
     if chain_method not in ("parallel", "vectorized", "sequential"):
@@ -386,6 +407,7 @@ def fit(
     progress_bar: bool = True,
     posterior_predictive: bool = True,
     covariate_names=None,
+    devices=None,
 ) -> Fit:
     """Fit a population model to data; returns a ``Fit`` (ArviZ DataTree + metadata).
 
@@ -415,6 +437,14 @@ def fit(
         Draw the ``posterior_predictive`` group (one replicate of every observation per draw).
     covariate_names
         Only with bare ``Events``: the names of the covariates in ``events.cov_value``.
+    devices
+        ``None`` (default): one device. A list of JAX devices (e.g. ``jax.devices()``, which
+        after ``jax.distributed.initialize`` spans every host): the subjects are split over them
+        (``popkpd._ode.sharding``), each device computing its subjects' predictions and
+        likelihood, XLA summing across devices; the number of subjects must be a multiple of
+        the number of devices. Same numbers as one device up to the order of the sums
+        (tests/test_sharding.py); every process of a multi-host run calls ``fit`` with the same
+        arguments.
 
     Returns
     -------
@@ -433,8 +463,16 @@ def fit(
     events, names = d.events, d.covariate_names
     population.check(events, names, d.ids)
     if method == "nuts":
-        chain_method = _check_chain_method(population, chain_method, chains)
-    posterior = FlatPosterior(population, events, names)
+        chain_method = _check_chain_method(population, chain_method, chains, devices)
+    if devices is not None and not isinstance(devices, list | tuple):
+        raise TypeError(
+            f"fit(devices=...): received {type(devices).__name__}; expected a list of JAX devices, e.g. "
+            "jax.devices() (all) or jax.devices()[:2]."
+        )
+    mesh = None if devices is None else subject_mesh(list(devices))
+    if mesh is not None:
+        check_divisible(events.n_subjects, mesh)
+    posterior = FlatPosterior(population, events, names, mesh)
     timing = {}
     key_init, key_mcmc, key_pp = jax.random.split(jax.random.PRNGKey(seed), 3)
 
@@ -446,6 +484,8 @@ def fit(
         notes += laplace.warnings
 
     sampler = {"method": method, "seed": int(seed), "draws": int(draws)}
+    if devices is not None:
+        sampler["devices"] = [str(x) for x in devices]  # subjects split over these
     if method == "laplace":
         flat = laplace.draw(key_init, draws)[None]  # [chain=1, draw, dim]
         sample_stats = {}  # filled below: densities of target and approximation at the draws
@@ -570,6 +610,8 @@ def _draws(posterior: FlatPosterior, flat: np.ndarray, key):
     out = jax.jit(lambda xs, ks: jax.lax.map(one, (xs, ks), batch_size=batch))(jnp.asarray(xs), keys)
 
     def shape(a):
+        if not a.is_fully_addressable:  # spread over several processes' devices (multi-host fit)
+            a = multihost_utils.process_allgather(a, tiled=True)
         a = np.asarray(a)[:n]
         return a.reshape((n_chain, n_draw) + a.shape[1:])
 

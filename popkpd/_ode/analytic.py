@@ -38,15 +38,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._events import Events
+from .._events import Events, host_readable
 from .._structural.linear import _Mammillary
 from .simulate import Solution
 
 _SERIES_BELOW = 1e-3  # below this spread (dimensionless: nodes x time) divided differences use series
-
-
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
 
 
 # --- divided differences of exp, exact through coinciding nodes ---------------------------------
@@ -286,7 +282,7 @@ def _check_events(model, events: Events, params: dict):
     """Value checks on concrete (host) events, naming row and subject; skipped inside a trace (the
     data layer has checked the table by then)."""
     keys = ("dose_mask", "dose_cmt", "dose_rate", "dose_ss", "dose_ii", "dose_row", "obs_mask", "obs_output")
-    if not all(_is_concrete(getattr(events, k)) for k in keys):
+    if not all(host_readable(getattr(events, k)) for k in keys):
         return
     mask, cmt, code, ss, ii, row, obs_mask, output = (np.asarray(getattr(events, k)) for k in keys)
     name, states = type(model).__name__, model.states
@@ -324,7 +320,7 @@ def _features(model, events: Events, params: dict) -> _Features:
     # RATE -1 / -2 read rate_<state> / dur_<state>; _check_events made sure they exist when needed
     rate, duration = (any(k.startswith(prefix) for k in params) for prefix in ("rate_", "dur_"))
     keys = ("dose_mask", "dose_rate", "dose_ss", "dose_reset", "dose_cmt")
-    if not all(_is_concrete(getattr(events, k)) for k in keys):
+    if not all(host_readable(getattr(events, k)) for k in keys):
         return _Features(True, True, True, True, True, rate, duration)
     mask, code, ss, reset, cmt = (np.asarray(getattr(events, k)) for k in keys)
     into_depot = mask & (cmt == 0) if model.absorption else np.zeros_like(mask)
@@ -373,7 +369,7 @@ def closed_form(model, params: dict, events: Events, *, throw: bool = True) -> S
     params = _check_params(model, params, n_sub)
     _check_events(model, events, params)
     sol = _closed_form_jit(model, params, events, _features(model, events, params))
-    if throw and _is_concrete(sol.result) and np.any(np.asarray(sol.result) != 0):
+    if throw and host_readable(sol.result) and np.any(np.asarray(sol.result) != 0):
         failed = np.flatnonzero(np.asarray(sol.result) != 0)
         values = {i: {k: float(np.asarray(v)[i]) for k, v in params.items()} for i in failed[:5]}
         raise ValueError(

@@ -31,7 +31,7 @@ def subject_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), (SUBJECTS,))
 
 
-def _check_divisible(n_subjects: int, mesh: Mesh) -> None:
+def check_divisible(n_subjects: int, mesh: Mesh) -> None:
     n_dev = mesh.shape[SUBJECTS]
     if n_subjects % n_dev:
         raise ValueError(
@@ -45,14 +45,20 @@ def _check_divisible(n_subjects: int, mesh: Mesh) -> None:
 def shard_subjects(tree, mesh: Mesh, n_subjects: int):
     """``tree`` (an ``Events``, a parameter dict, ...) with every array whose leading axis has
     length ``n_subjects`` split over the mesh axis ``"subjects"`` and every other array
-    replicated. Host-side placement (``jax.device_put``); inside ``jit`` use ``constrain_subjects``."""
-    _check_divisible(n_subjects, mesh)
+    replicated. Host-side placement; inside ``jit`` use ``constrain_subjects``.
+
+    With several processes (``jax.distributed``), every process passes the same ``tree`` and
+    each fills only its own devices' shards from it (``jax.make_array_from_callback``; no
+    cross-process comparison of the values, which ``jax.device_put`` makes and which fails on the
+    NaN padding of ``Events``)."""
+    check_divisible(n_subjects, mesh)
     split = NamedSharding(mesh, PartitionSpec(SUBJECTS))
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def place(x):
-        x = jax.numpy.asarray(x)
-        return jax.device_put(x, split if x.ndim and x.shape[0] == n_subjects else replicated)
+        x = np.asarray(jax.numpy.asarray(x))  # JAX's dtype (float32 unless x64 is enabled)
+        sharding = split if x.ndim and x.shape[0] == n_subjects else replicated
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
     return jax.tree.map(place, tree)
 
@@ -60,7 +66,7 @@ def shard_subjects(tree, mesh: Mesh, n_subjects: int):
 def constrain_subjects(tree, mesh: Mesh, n_subjects: int):
     """Inside ``jit``: ask XLA to keep the subject axis of ``tree``'s arrays split over the mesh
     (``jax.lax.with_sharding_constraint``), e.g. for random effects unpacked from a flat vector."""
-    _check_divisible(n_subjects, mesh)
+    check_divisible(n_subjects, mesh)
     split = NamedSharding(mesh, PartitionSpec(SUBJECTS))
 
     def constrain(x):

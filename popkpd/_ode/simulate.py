@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from .._events import Events
+from .._events import Events, host_readable
 from .._structural.base import AbstractStructuralModel
 
 _SOLVERS = {
@@ -67,10 +67,6 @@ class Solution(eqx.Module):
 
 class SolverError(RuntimeError):
     """The ODE solver failed for one or more subjects (step limit, non-finite values)."""
-
-
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
 
 
 def _lookup(params: dict, cov_time, t):
@@ -548,14 +544,14 @@ def _forward_sensitivities(model, config: _Config):
 def _static_flags(model, events: Events, params: dict):
     """Which code paths a batch needs, decided on the host (conservatively when traced)."""
     rates, ss, mask = events.dose_rate, events.dose_ss, events.dose_mask
-    if _is_concrete(rates) and _is_concrete(mask):
+    if host_readable(rates) and host_readable(mask):
         r = np.where(np.asarray(mask), np.asarray(rates), 0.0)
         has_infusions, needs_rate, needs_dur = bool(np.any(r != 0)), bool(np.any(r == -1)), bool(np.any(r == -2))
     else:  # traced events: take every path the model supports
         has_infusions = True
         needs_rate = any(p.startswith("rate_") for p in model.parameters)
         needs_dur = any(p.startswith("dur_") for p in model.parameters)
-    has_ss = bool(np.any(np.asarray(ss) == 1)) if _is_concrete(ss) else model.linear
+    has_ss = bool(np.any(np.asarray(ss) == 1)) if host_readable(ss) else model.linear
     time_varying = any(jnp.ndim(v) == 2 for v in params.values())
     return has_infusions, needs_rate, needs_dur, has_ss, time_varying
 
@@ -571,7 +567,7 @@ def _obs_slots(model, events: Events) -> int:
     times) when it cannot be known beforehand: traced events, or lag times that depend on the
     parameters (they move doses across observations)."""
     keys = ("dose_time", "dose_cmt", "dose_row", "dose_mask", "obs_time", "obs_row", "obs_mask")
-    if not all(_is_concrete(getattr(events, k)) for k in keys):
+    if not all(host_readable(getattr(events, k)) for k in keys):
         return 0
     try:
         lag = np.asarray(model.lag({name: np.nan for name in model.parameters}), dtype=float)
@@ -679,12 +675,12 @@ def simulate(
     params = check_params(model, params, n_sub)
     for key in ("dose_cmt",):
         arr = getattr(events, key)
-        if _is_concrete(arr) and np.asarray(arr).size and int(np.max(np.asarray(arr))) >= len(model.states):
+        if host_readable(arr) and np.asarray(arr).size and int(np.max(np.asarray(arr))) >= len(model.states):
             raise ValueError(
                 f"Events address state index {int(np.max(np.asarray(arr)))} but {type(model).__name__} has "
                 f"{len(model.states)} states {model.states}. Check CMT against the model."
             )
-    if _is_concrete(events.obs_output) and np.asarray(events.obs_output).size:
+    if host_readable(events.obs_output) and np.asarray(events.obs_output).size:
         if int(np.max(np.asarray(events.obs_output))) >= len(model.outputs):
             raise ValueError(f"Events ask for output index {int(np.max(np.asarray(events.obs_output)))} but "
                              f"{type(model).__name__} has outputs {model.outputs}.")
@@ -702,7 +698,7 @@ def simulate(
                      has_infusions, needs_rate, needs_dur, has_ss, time_varying,
                      0 if resolved == "expm" else _obs_slots(model, events))
     sol = _simulate_jit(model, params, events, config)
-    if throw and _is_concrete(sol.result):
+    if throw and host_readable(sol.result):
         res = np.asarray(sol.result)
         if np.any(res != 0):
             failed = np.nonzero(res != 0)[0]

@@ -61,7 +61,7 @@ import numpyro.distributions as dist
 
 import numpyro.distributions.distribution  # noqa: F401  (see _link_numpyro_submodules)
 
-from .._events import Events
+from .._events import Events, host_readable
 from .._structural.base import AbstractStructuralModel
 from .covariates import AbstractCovariateEffect
 from .priors import LKJ, AbstractPrior, Fixed, LogitNormal, as_prior
@@ -153,10 +153,6 @@ def _site(name: str, prior: AbstractPrior):
     if isinstance(prior, Fixed):
         return jnp.asarray(prior.value, dtype=float)
     return numpyro.sample(name, prior.distribution())
-
-
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
 
 
 class PopulationModel(eqx.Module):
@@ -526,14 +522,14 @@ class PopulationModel(eqx.Module):
         cens = jnp.where(mask, events.obs_cens, 0)
         limit = jnp.where(mask, events.obs_limit, jnp.nan)
         censored = True
-        if _is_concrete(events.obs_cens) and _is_concrete(mask):
+        if host_readable(events.obs_cens) and host_readable(mask):
             censored = bool(np.any(np.asarray(events.obs_cens)[np.asarray(mask)] != 0))
         return ObservationDistribution(loc, scale, cens, limit, log_scale, censored=censored)
 
     def model(self, events: Events, *, covariate_names=(), observed: bool = True) -> None:
         """The NumPyro model. ``observed=False`` samples ``obs`` (prior/posterior predictive)."""
         covariate_names = tuple(covariate_names)
-        if all(_is_concrete(x) for x in (events.obs_mask, events.obs_output, events.cov_value)):
+        if all(host_readable(x) for x in (events.obs_mask, events.obs_output, events.cov_value)):
             self.check(events, covariate_names)
         values = {}
         for name, prior in self._population_priors().items():
