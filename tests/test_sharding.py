@@ -20,8 +20,7 @@ import pytest
 from popkpd._inference.fit import fit
 from popkpd._ode.sharding import shard_subjects, subject_mesh
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_inference import make_dataset, population  # noqa: E402  (the small fit problem of those tests)
+from .test_inference import make_dataset, population  # the small fit problem of those tests
 
 CHILD = textwrap.dedent("""
     import json
