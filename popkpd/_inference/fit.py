@@ -141,12 +141,13 @@ class FlatPosterior:
         self.init_values = init
 
     def potential(self, x):
-        args = self.args
+        values = self.unravel(x)
         if self.mesh is not None and isinstance(x, jax.core.Tracer):
-            # under jit: XLA partitions the subjects' work over the mesh (an eager call, such as
-            # NumPyro's first evaluation, stays on one device)
-            args = (constrain_subjects(self.events, self.mesh, self.events.n_subjects),)
-        return potential_energy(self.population.model, args, self.kwargs, self.unravel(x))
+            # under jit: the random effects [S] split over the mesh, and with them XLA partitions
+            # every subject's prediction and likelihood (the events stay host constants, so the
+            # host-side decisions on them, e.g. which code paths a batch needs, are kept)
+            values = constrain_subjects(values, self.mesh, self.events.n_subjects)
+        return potential_energy(self.population.model, self.args, self.kwargs, values)
 
     def constrain(self, x):
         return constrain_fn(self.population.model, self.args, self.kwargs, self.unravel(x), return_deterministic=True)
