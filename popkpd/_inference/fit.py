@@ -470,7 +470,7 @@ def fit(
             f"fit(devices=...): received {type(devices).__name__}; expected a list of JAX devices, e.g. "
             "jax.devices() (all) or jax.devices()[:2]."
         )
-    mesh = None if devices is None else subject_mesh(list(devices))
+    mesh = None if devices is None else subject_mesh(devices)
     if mesh is not None:
         check_divisible(events.n_subjects, mesh)
     posterior = FlatPosterior(population, events, names, mesh)

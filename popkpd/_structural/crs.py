@@ -20,13 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._events import host_readable
+
 HIBMA26_CRS_COEFS = (-7.65, 1.35, 1.14)
 """HIBMA26 (elranatamab) CRS after step-up dose 1: intercept, slope on ln(free C_trough day 4 in
 ng/mL), high tumour burden. N = 183, 79 events, AUROC 0.746 [S3]."""
-
-
-def _concrete(x):
-    return not isinstance(x, jax.core.Tracer)
 
 
 def crs_probability(il6_peak, high_burden, coefs):
@@ -44,14 +42,14 @@ def crs_probability(il6_peak, high_burden, coefs):
             "(intercept, slope on ln IL-6 peak, high-burden effect) on the last axis. "
             "E.g. coefs=(-4.0, 1.3, 1.1), or HIBMA26_CRS_COEFS for the elranatamab exposure form."
         )
-    if _concrete(il6_peak):
+    if host_readable(il6_peak):
         x = np.asarray(il6_peak, dtype=float)
         if not np.all(np.isfinite(x) & (x > 0)):
             raise ValueError(
                 f"crs_probability il6_peak: received {il6_peak!r}; expected finite values > 0 (pg/mL). "
                 "A peak of 0 has no logarithm: use the basal IL-6 level as the floor."
             )
-    if _concrete(high_burden):
+    if host_readable(high_burden):
         h = np.asarray(high_burden, dtype=float)
         if not np.all((h >= 0) & (h <= 1)):
             raise ValueError(
