@@ -38,6 +38,9 @@ A complete example (``fits/theophylline/config.toml``)::
     target_accept = 0.8
     centered = false                       # random-effect parameterisation (true: centred, diagonal
                                            # IIV only; better when every subject has rich data)
+    devices = "all"                        # optional: split the subjects over all JAX devices (or
+                                           # the first N: devices = 2); chains then run vectorised
+                                           # on them (popkpd.fit(devices=...), docs/scaling.md)
 
 Priors written as tables: ``{ median = m, sd = s }`` (log-normal, the default),
 ``{ prior = "logitnormal", median = m, sd = s }``, ``{ normal = [mean, sd] }``,
@@ -74,7 +77,7 @@ _ERRORS = {
     "lognormal": (_res.LogNormalError, ("sigma",)),
 }
 _FIT_KEYS = {"method", "prediction", "chains", "warmup", "draws", "seed", "target_accept", "max_tree_depth",
-             "dense_mass", "chain_method", "init", "rtol", "atol", "solver", "centered"}
+             "dense_mass", "chain_method", "init", "rtol", "atol", "solver", "centered", "devices"}
 
 
 class ConfigError(ValueError):
@@ -211,6 +214,8 @@ def load_config(path) -> FitConfig:
     unknown = set(fit_options) - _FIT_KEYS
     if unknown:
         _fail(path, "fit", sorted(unknown), f"keys among {sorted(_FIT_KEYS)}")
+    if "devices" in fit_options:
+        fit_options["devices"] = devices(fit_options["devices"], f"{path}: [fit]")
     prediction = fit_options.pop("prediction", "closed_form")
     ode_options = {k: fit_options.pop(k) for k in ("rtol", "atol", "solver") if k in fit_options}
     centered = bool(fit_options.pop("centered", False))
@@ -230,6 +235,23 @@ def load_config(path) -> FitConfig:
     dataset = read_nonmem(frame, structural, covariates=tuple(d.get("covariates", ())), dvid_outputs=dvid)
     return FitConfig(name=cfg.get("name", path.parent.name), path=path, population=population, dataset=dataset,
                      fit_options=fit_options, rows_removed=rows_removed, text=text)
+
+
+def devices(spec, where: str) -> list:
+    """The JAX devices a ``devices`` setting names: ``"all"`` (``jax.devices()``) or a count ``N``
+    (the first ``N``). ``where`` names the setting in the error messages."""
+    import jax
+
+    available = jax.devices()
+    if spec == "all":
+        return available
+    if isinstance(spec, bool) or not isinstance(spec, int) or spec < 1:
+        raise ConfigError(f"{where}: devices = {spec!r}; expected \"all\" or a whole number of devices >= 1 "
+                          f"(this machine has {len(available)}: {available}).")
+    if spec > len(available):
+        raise ConfigError(f"{where}: devices = {spec}, but JAX sees {len(available)} device(s): {available}. "
+                          f"Use devices = {len(available)} or \"all\" here, or run where {spec} are available.")
+    return available[:spec]
 
 
 def structural_models() -> dict:

@@ -48,6 +48,11 @@ def _fit_from_config(config_path, overrides: dict, out_dir=None, report: bool = 
 
 def cmd_fit(args) -> int:
     overrides = dict(chains=args.chains, warmup=args.warmup, draws=args.draws, seed=args.seed, method=args.method)
+    if args.devices is not None:
+        from popkpd._configfile import devices
+
+        spec = int(args.devices) if args.devices.isdigit() else args.devices
+        overrides["devices"] = devices(spec, "popkpd fit --devices")
     _fit_from_config(args.config, overrides, args.out, report=not args.no_report)
     return 0
 
@@ -94,6 +99,8 @@ def main(argv=None) -> int:
     p.add_argument("--draws", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--method", choices=["nuts", "laplace"])
+    p.add_argument("--devices", help='split the subjects over "all" JAX devices or the first N (overrides '
+                   "[fit] devices; the subject count must be a multiple of it)")
     p.add_argument("--out", help="output folder (default: outputs/ next to the config)")
     p.add_argument("--no-report", action="store_true", help="skip the diagnostics report")
     p.set_defaults(func=cmd_fit)

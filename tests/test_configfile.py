@@ -72,3 +72,17 @@ def test_missing_file_and_bad_toml(tmp_path):
         load_config(tmp_path / "absent.toml")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(write(tmp_path, "[data\nsource="))
+
+
+def test_devices_setting(tmp_path):
+    import jax
+
+    cfg = load_config(write(tmp_path, BASE + '[fit]\ndevices = "all"\n'))
+    assert cfg.fit_options["devices"] == jax.devices()
+    cfg = load_config(write(tmp_path, BASE + "[fit]\ndevices = 1\n"))
+    assert cfg.fit_options["devices"] == jax.devices()[:1]
+    for bad, match in (('"gpu"', r"devices = 'gpu'; expected \"all\" or a whole number"),
+                       ("0", r"devices = 0; expected"), ("true", r"devices = True; expected"),
+                       ("4096", r"devices = 4096, but JAX sees \d+ device")):
+        with pytest.raises(ConfigError, match=match):
+            load_config(write(tmp_path, BASE + f"[fit]\ndevices = {bad}\n"))

@@ -164,6 +164,17 @@ def test_summary_and_convergence_report(nuts_fit):
     assert str(conv).startswith("Convergence: 2 chain(s) x 100 draws")
 
 
+def test_too_few_draws_for_loo_are_explained(nuts_fit):
+    """20 draws in all: PSIS's Pareto tail fit would have 4 tail draws (arviz raises); the report
+    says why LOO is missing instead of failing."""
+    from popkpd._inference.convergence import check_convergence
+
+    short = nuts_fit.tree.isel(draw=slice(0, 10), missing_dims="ignore")
+    conv = check_convergence(short)
+    assert conv.n_draws == 20 and conv.loo is None
+    assert any("PSIS-LOO not computed: 20 draws in all" in w for w in conv.warnings), conv.warnings
+
+
 def test_save_and_load_reproduce_the_fit_exactly(nuts_fit, tmp_path):
     path = nuts_fit.save(tmp_path / "fit.nc")
     loaded = load_fit(path)

@@ -217,3 +217,20 @@ def test_fit_refuses_parallel_chains_with_subjects_over_devices():
         fit(population(), make_dataset(), chains=2, chain_method="parallel", devices=jax.devices())
     with pytest.raises(TypeError, match=r"fit\(devices=...\): received Device; expected a list of JAX devices"):
         fit(population(), make_dataset(), method="laplace", devices=jax.devices()[0])
+
+
+def test_command_line_fit_splits_subjects_over_devices(tmp_path):
+    """``popkpd fit CONFIG --devices all``: the command line asks XLA for one CPU device per chain,
+    the config's 12 subjects are split over the two, and the saved fit records them."""
+    import popkpd
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+    run = subprocess.run([sys.executable, "-m", "popkpd", "fit", os.path.join(root, "fits", "theophylline"),
+                          "--devices", "all", "--chains", "2", "--warmup", "20", "--draws", "10", "--no-report",
+                          "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=1200)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = popkpd.load_fit(tmp_path / "fit.nc")
+    assert result.metadata["sampler"]["devices"] == ["cpu:0", "cpu:1"]
+    assert result.metadata["sampler"]["chain_method"] == "vectorized"
+    assert result.posterior["cl_pop"].shape == (2, 10)

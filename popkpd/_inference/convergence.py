@@ -62,6 +62,9 @@ def _reduce(dataset, how) -> dict:
     return out
 
 
+MIN_LOO_DRAWS = 50  # PSIS tail of min(S / 5, 3 sqrt(S / r_eff)) draws: at least 5 from about S = 25 on
+
+
 def check_convergence(tree, var_names=None, *, rhat_max=1.01, ess_per_chain=100, ebfmi_min=0.3, loo=True) -> Convergence:
     """Diagnose ``tree`` (an ArviZ DataTree with ``posterior`` and optionally ``sample_stats``
     and ``log_likelihood``). ``var_names``: posterior variables to check (default: all)."""
@@ -132,7 +135,12 @@ def check_convergence(tree, var_names=None, *, rhat_max=1.01, ess_per_chain=100,
                 "approximation. Use method='nuts' for inference you rely on."
             )
         elpd = None
-        if loo and "log_likelihood" in tree.children:
+        if loo and "log_likelihood" in tree.children and n_chains * n_draws < MIN_LOO_DRAWS:
+            notes.append(
+                f"PSIS-LOO not computed: {n_chains * n_draws} draws in all, and its Pareto tail fit needs at "
+                f"least {MIN_LOO_DRAWS} (fewer leave it under 5 tail draws per observation). Draw more to get it."
+            )
+        elif loo and "log_likelihood" in tree.children:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if stats is not None and "log_q" in stats:  # draws of an approximation (Laplace)
