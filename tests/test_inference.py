@@ -315,7 +315,7 @@ def test_default_chain_method():
         (dict(draws=2.5), r"fit\(draws=2.5\): expected an integer >= 1"),
         (dict(warmup=-1), r"fit\(warmup=-1\): expected an integer >= 0"),
         (dict(target_accept=1.0), "strictly between 0 and 1"),
-        (dict(init="random"), "expected 'laplace' \\(default\\), 'map' or 'prior_median'"),
+        (dict(init="random"), "expected 'laplace' \\(default\\), 'map', 'pathfinder' or 'prior_median'"),
         (dict(chain_method="threads"), "expected 'parallel', 'vectorized', 'sequential' or None"),
         (dict(chain_method="parallel", chains=2), r"JAX sees 1 device\(s\); expected at least 2.*set_host_device_count\(2\)"),
         (dict(covariate_names=("AGE",)), "the dataset already names its covariates"),

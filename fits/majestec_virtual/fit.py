@@ -94,9 +94,12 @@ DEFAULTS = {
     "data": {"until": 56.0, "dvid": [1, 2, 3, 4]},
     "fit": {"method": "nuts", "chains": 2, "warmup": 250, "draws": 250, "max_tree_depth": 6,
             "target_accept": 0.85, "seed": 0, "rtol": 1e-6, "atol": 1e-9, "max_steps": 4096, "processes": "auto",
-            "centred": [], "dense_mass": False},
+            "centred": [], "dense_mass": False, "init": "laplace"},
     "classify": {"draws": 100},
 }
+
+
+INITS = ("laplace", "pathfinder", "map", "prior_median")
 
 
 def load_config(path: Path | None) -> dict:
@@ -124,6 +127,9 @@ def load_config(path: Path | None) -> dict:
                          "per chain on a CPU, one process on a GPU).")
     if not isinstance(config["fit"]["dense_mass"], bool):
         raise ValueError(f"{path}: [fit] dense_mass = {config['fit']['dense_mass']!r}; expected true or false.")
+    if config["fit"]["init"] not in INITS:
+        raise ValueError(f"{path}: [fit] init = {config['fit']['init']!r}; expected one of {list(INITS)} "
+                         "(popkpd.fit's init).")
     with_iiv = sorted(name for name, (_, omega) in ESTIMATED.items() if omega is not None)
     centred = config["fit"]["centred"]
     if not isinstance(centred, list) or not set(centred) <= set(with_iiv):
@@ -227,7 +233,7 @@ def _fit(config: dict, pop, dataset, *, chains=None, seed=None, progress_bar=Non
     fc = config["fit"]
     options = {}
     if fc["method"] == "nuts":
-        options = {k: fc[k] for k in ("warmup", "max_tree_depth", "target_accept", "dense_mass")}
+        options = {k: fc[k] for k in ("warmup", "max_tree_depth", "target_accept", "dense_mass", "init")}
         options["chains"] = int(fc["chains"] if chains is None else chains)
     return popkpd.fit(pop, dataset, method=fc["method"], draws=int(fc["draws"]),
                       seed=int(fc["seed"] if seed is None else seed),

@@ -11,8 +11,10 @@ Steps of ``fit(population, data, ...)``:
    the Laplace approximation; it is well defined for the default non-centred random effects.
 3. ``method="laplace"``: return ``draws`` independent draws of the Laplace approximation.
    ``method="nuts"`` (default): run NUTS, each chain starting from its own draw of the Laplace
-   approximation (``init="laplace"``), from the mode (``init="map"``) or from the prior medians
-   (``init="prior_median"``, no optimisation).
+   approximation (``init="laplace"``), from the mode (``init="map"``), from draws of the best
+   normal approximation along the L-BFGS path (``init="pathfinder"``, no Hessian;
+   ``popkpd._inference.pathfinder``) or from the prior medians (``init="prior_median"``, no
+   optimisation).
 
 Chains (``chain_method``): NumPyro's ``"parallel"`` runs one chain per JAX device; it fails
 when the model contains a diffrax solve (equinox closure conversion under pmap/shard_map,
@@ -53,6 +55,7 @@ from .._events import Events
 from .._ode.sharding import check_divisible, constrain_subjects, subject_mesh
 from .._statistical.population import PopulationModel
 from .io import Fit, build_tree, collect_metadata
+from .pathfinder import pathfinder
 
 _EXTRA_FIELDS = ("diverging", "energy", "num_steps", "accept_prob", "potential_energy", "adapt_state.step_size")
 
@@ -221,19 +224,17 @@ class Laplace:
         return {k: np.asarray(v) for k, v in jax.jit(self.posterior.constrain)(jnp.asarray(self.mode)).items()}
 
 
-def find_map(posterior: FlatPosterior, *, ids=None, max_iterations=5000):
-    """MAP (L-BFGS on the unconstrained potential) and its Laplace approximation.
-
-    Returns ``(Laplace, timing)``; ``timing["compile_s"]`` is the time to compile the log-density
-    gradient, ``timing["map_s"]`` the optimisation plus the Hessian.
-    """
+def minimise(posterior: FlatPosterior, *, ids=None, max_iterations=5000, path=None):
+    """L-BFGS on the unconstrained potential from ``posterior.x0`` (the prior medians with zero
+    random effects), after checking that the start is finite. ``path``: a list to which each
+    accepted iterate ``(x, potential, gradient)`` is appended, the start first (for Pathfinder).
+    Returns ``(scipy result, compiled value_and_grad, objective, compile_s)``."""
     ids = np.arange(1, posterior.events.n_subjects + 1) if ids is None else np.asarray(ids)
     t0 = time.perf_counter()
     x0 = jnp.asarray(posterior.x0)
     value_and_grad = jax.jit(jax.value_and_grad(posterior.potential)).lower(x0).compile()
     compile_s = time.perf_counter() - t0
 
-    t1 = time.perf_counter()
     v0, g0 = value_and_grad(x0)
     if not np.isfinite(float(v0)):
         reason = posterior.explain_nonfinite(posterior.init_values, ids, "the prior medians")
@@ -249,12 +250,23 @@ def find_map(posterior: FlatPosterior, *, ids=None, max_iterations=5000):
             "not differentiable there, or a jnp.where whose unused branch is NaN."
         )
 
+    if path is not None:
+        path.append((np.asarray(x0, dtype=np.float64), float(v0), np.asarray(g0, dtype=np.float64)))
+    last = {}
+
     def objective(x):
         v, g = value_and_grad(jnp.asarray(x))
         v, g = float(v), np.asarray(g, dtype=np.float64)
         if not np.isfinite(v) or not np.all(np.isfinite(g)):
             return np.inf, np.zeros_like(g)
+        last.update(x=np.array(x), v=v, g=g)
         return v, g
+
+    def accepted(intermediate_result):  # scipy calls this with each accepted iterate
+        if path is not None:
+            x = np.asarray(intermediate_result.x)
+            g = last["g"] if np.array_equal(last.get("x"), x) else objective(x)[1]
+            path.append((x.copy(), float(intermediate_result.fun), g))
 
     result = scipy.optimize.minimize(
         objective,
@@ -262,7 +274,20 @@ def find_map(posterior: FlatPosterior, *, ids=None, max_iterations=5000):
         jac=True,
         method="L-BFGS-B",
         options={"maxiter": max_iterations, "maxfun": 4 * max_iterations, "gtol": 1e-8, "ftol": 1e-14},
+        callback=accepted,
     )
+    return result, value_and_grad, objective, compile_s
+
+
+def find_map(posterior: FlatPosterior, *, ids=None, max_iterations=5000):
+    """MAP (L-BFGS on the unconstrained potential) and its Laplace approximation.
+
+    Returns ``(Laplace, timing)``; ``timing["compile_s"]`` is the time to compile the log-density
+    gradient, ``timing["map_s"]`` the optimisation plus the Hessian.
+    """
+    t1 = time.perf_counter()
+    result, value_and_grad, objective, compile_s = minimise(posterior, ids=ids, max_iterations=max_iterations)
+    t1 += compile_s  # map_s: the optimisation and the Hessian
     notes = []
     mode = np.asarray(result.x, dtype=np.float64)
     grad_max = float(np.max(np.abs(objective(mode)[1])))
@@ -387,8 +412,8 @@ def _check_arguments(method, chains, warmup, draws, target_accept, init, max_tre
             f"fit(target_accept={target_accept!r}): expected a probability strictly between 0 and 1 "
             "(0.8 by default; 0.9-0.99 when there are divergences)."
         )
-    if init not in ("laplace", "map", "prior_median"):
-        raise ValueError(f"fit(init={init!r}): expected 'laplace' (default), 'map' or 'prior_median'.")
+    if init not in ("laplace", "map", "pathfinder", "prior_median"):
+        raise ValueError(f"fit(init={init!r}): expected 'laplace' (default), 'map', 'pathfinder' or 'prior_median'.")
 
 
 def fit(
@@ -430,7 +455,9 @@ def fit(
     chain_method
         ``"parallel"``, ``"vectorized"``, ``"sequential"`` or ``None`` (automatic; see module doc).
     init
-        ``"laplace"`` (each chain from a draw of the Laplace approximation), ``"map"`` or
+        ``"laplace"`` (each chain from a draw of the Laplace approximation), ``"map"``,
+        ``"pathfinder"`` (each chain from a draw of Pathfinder's approximation, for hierarchical
+        models whose mode sits in a funnel's neck; no Hessian, so cheaper for ODE models) or
         ``"prior_median"``.
     progress_bar
         NumPyro's progress bar.
@@ -453,7 +480,7 @@ def fit(
         ``Fit.tree`` (ArviZ DataTree; groups and variable names in ``popkpd._inference.io``),
         ``Fit.metadata`` (model description, data hash, versions, seed, sampler settings,
         timings ``timing_s``: ``compile_s`` log-density gradient compilation, ``map_s`` MAP and
-        Hessian, ``mcmc_s`` NUTS warmup and draws including its compilation, ``predictive_s``
+        Hessian (or ``pathfinder_s``: the L-BFGS path and Pathfinder), ``mcmc_s`` NUTS warmup and draws including its compilation, ``predictive_s``
         log-likelihood and replicates, ``total_s``), ``Fit.population``.
     """
     _check_arguments(method, chains, warmup, draws, target_accept, init, max_tree_depth, seed)
@@ -477,12 +504,15 @@ def fit(
     timing = {}
     key_init, key_mcmc, key_pp = jax.random.split(jax.random.PRNGKey(seed), 3)
 
-    laplace = None
+    laplace = start = None
     notes = []
-    if method == "laplace" or init != "prior_median":
+    if method == "laplace" or init in ("laplace", "map"):
         laplace, t = find_map(posterior, ids=d.ids)
         timing.update(t)
         notes += laplace.warnings
+    elif method == "nuts" and init == "pathfinder":
+        start, info, t = _pathfinder_points(posterior, key_init, chains, d.ids)
+        timing.update(t)
 
     sampler = {"method": method, "seed": int(seed), "draws": int(draws)}
     if devices is not None:
@@ -501,7 +531,10 @@ def fit(
             chain_method=chain_method,
             init=init,
         )
-        init_flat = _initial_points(posterior, laplace, key_init, chains, init, d.ids)
+        if start is not None:
+            sampler["pathfinder"] = {"iterate": info["iterate"], "iterates": info["iterates"],
+                                     "elbo": info["elbo"][info["iterate"]]}
+        init_flat = start if start is not None else _initial_points(posterior, laplace, key_init, chains, init, d.ids)
         kernel = NUTS(
             potential_fn=posterior.potential,
             target_accept_prob=target_accept,
@@ -554,6 +587,17 @@ def fit(
         metadata=metadata,
     )
     return Fit(tree, metadata, population=population)
+
+
+def _pathfinder_points(posterior, key, chains, ids):
+    """Pathfinder on the MAP's L-BFGS path (``popkpd._inference.pathfinder``): ``(points [chains,
+    dim], info, timing)``."""
+    path = []
+    t0 = time.perf_counter()
+    _, value_and_grad, objective, compile_s = minimise(posterior, ids=ids, path=path)
+    seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+    points, info = pathfinder(path, lambda x: objective(x)[0], seed, chains)
+    return points, info, {"compile_s": compile_s, "pathfinder_s": time.perf_counter() - t0 - compile_s}
 
 
 def _initial_points(posterior, laplace, key, chains, init, ids) -> np.ndarray:

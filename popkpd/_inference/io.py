@@ -395,7 +395,8 @@ def merge_chains(fits) -> Fit:
     on a diffrax solve, see ``fit``), each with its own ``seed``. The groups with a ``chain``
     dimension (``posterior``, ``sample_stats``, ``log_likelihood``, ``posterior_predictive``) are
     concatenated along it (chains renumbered 0..K-1); the others are taken from the first fit.
-    ``metadata["sampler"]``: ``chains`` the total, ``seed`` the list of seeds; ``timing_s``
+    ``metadata["sampler"]``: ``chains`` the total, ``seed`` the list of seeds (and
+    ``pathfinder`` the list of each fit's, with ``init="pathfinder"``); ``timing_s``
     the per-fit timings as lists (the chains ran at the same time, so wall time is their max).
     Raises ``ValueError`` naming the first fit that differs in data, model or sampler settings.
     """
@@ -404,7 +405,7 @@ def merge_chains(fits) -> Fit:
         raise ValueError(f"merge_chains: received {[type(f).__name__ for f in fits]}; expected a non-empty list of Fit.")
     first = fits[0].metadata
     same = ("data_hash", "model", "n_subjects", "n_observations")
-    settings = ("method", "warmup", "draws", "target_accept", "max_tree_depth", "dense_mass")
+    settings = ("method", "warmup", "draws", "target_accept", "max_tree_depth", "dense_mass", "init")
     for k, f in enumerate(fits):
         m = f.metadata
         if m.get("sampler", {}).get("method") != "nuts":
@@ -432,6 +433,8 @@ def merge_chains(fits) -> Fit:
     metadata = json.loads(json.dumps(first))
     metadata["sampler"]["chains"] = int(sum(f.metadata["sampler"]["chains"] for f in fits))
     metadata["sampler"]["seed"] = seeds
+    if "pathfinder" in first["sampler"]:  # each chain's own starting approximation
+        metadata["sampler"]["pathfinder"] = [f.metadata["sampler"].get("pathfinder") for f in fits]
     metadata["timing_s"] = {k: [f.metadata.get("timing_s", {}).get(k) for f in fits] for k in first.get("timing_s", {})}
     metadata["merged_from"] = len(fits)
     tree.attrs["popkpd"] = json.dumps(metadata)
