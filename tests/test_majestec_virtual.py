@@ -36,6 +36,8 @@ def test_shipped_config_is_the_documented_default():
     ("[data]\ndvid = [1, 5]\n", r"dvid has \[5\]"),
     ('[fit]\nprocesses = "yes"\n', r"processes = 'yes'; expected true, false or \"auto\""),
     ('[fit]\ndense_mass = "yes"\n', r"dense_mass = 'yes'; expected true or false"),
+    ('[fit]\nfixed = ["chi"]\n', r"fixed = \['chi'\]; expected a list of estimated parameters"),
+    ('[fit]\nfixed = ["s0"]\ncentred = ["s0"]\n', r"\['s0'\] both centred and fixed"),
     ('[fit]\ninit = "median"\n', r"init = 'median'; expected one of \['laplace', 'pathfinder'"),
     ('[fit]\ncentred = ["s0", "tau50_n"]\n', r"centred = \['s0', 'tau50_n'\]; expected a list of parameters with a random"),
 ])

@@ -94,7 +94,7 @@ DEFAULTS = {
     "data": {"until": 56.0, "dvid": [1, 2, 3, 4]},
     "fit": {"method": "nuts", "chains": 2, "warmup": 250, "draws": 250, "max_tree_depth": 6,
             "target_accept": 0.85, "seed": 0, "rtol": 1e-6, "atol": 1e-9, "max_steps": 4096, "processes": "auto",
-            "centred": [], "dense_mass": False, "init": "laplace"},
+            "centred": [], "dense_mass": False, "init": "laplace", "fixed": []},
     "classify": {"draws": 100},
 }
 
@@ -127,6 +127,10 @@ def load_config(path: Path | None) -> dict:
                          "per chain on a CPU, one process on a GPU).")
     if not isinstance(config["fit"]["dense_mass"], bool):
         raise ValueError(f"{path}: [fit] dense_mass = {config['fit']['dense_mass']!r}; expected true or false.")
+    fixed = config["fit"]["fixed"]
+    if not isinstance(fixed, list) or not set(fixed) <= set(ESTIMATED):
+        raise ValueError(f"{path}: [fit] fixed = {fixed!r}; expected a list of estimated parameters, from "
+                         f"{sorted(ESTIMATED)} (held at their prior's centre instead).")
     if config["fit"]["init"] not in INITS:
         raise ValueError(f"{path}: [fit] init = {config['fit']['init']!r}; expected one of {list(INITS)} "
                          "(popkpd.fit's init).")
@@ -135,6 +139,9 @@ def load_config(path: Path | None) -> dict:
     if not isinstance(centred, list) or not set(centred) <= set(with_iiv):
         raise ValueError(f"{path}: [fit] centred = {centred!r}; expected a list of parameters with a random "
                          f"effect, from {with_iiv} (the others stay non-centred).")
+    if set(centred) & set(fixed):
+        raise ValueError(f"{path}: [fit] {sorted(set(centred) & set(fixed))} both centred and fixed; a fixed "
+                         "parameter has no random effect to centre. Remove it from one of the lists.")
     return config
 
 
@@ -162,16 +169,18 @@ def _covariate_effects() -> dict:
     }
 
 
-def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, centred=()) -> popkpd.PopulationModel:
+def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, centred=(),
+               fixed=()) -> popkpd.PopulationModel:
     """The fitted population model (module docstring, "The identifiable configuration"); the
     random effects of ``centred`` are sampled centred (``PopulationModel(centered=...)``), the
-    others non-centred."""
+    others non-centred; the parameters of ``fixed`` (of ``ESTIMATED``) are held at their
+    prior's centre (the drug's typical or calibrated value) instead of estimated."""
     model = popkpd.BCMAModel(layers=3, clearance=teclistamab.MODEL.clearance)
     centre, effects = centres(), _covariate_effects()
     parameters = {}
     for name in model.parameters:
         covariates = effects.get(name, ())
-        if name in ESTIMATED:
+        if name in ESTIMATED and name not in fixed:
             sd, omega = ESTIMATED[name]
             parameters[name] = popkpd.Parameter(popkpd.LogNormal(centre[name], sd),
                                                 iiv=None if omega is None else popkpd.HalfNormal(omega),
@@ -222,7 +231,7 @@ def _results_config(config) -> dict | None:
 def fitted_data(config: dict, trial_csv: Path):
     """``(population, dataset, rows)``: the fitted model and the data cut of the trial in ``trial_csv``."""
     fc, dc = config["fit"], config["data"]
-    pop = population(fc["rtol"], fc["atol"], int(fc["max_steps"]), fc["centred"])
+    pop = population(fc["rtol"], fc["atol"], int(fc["max_steps"]), fc["centred"], fc["fixed"])
     frame = trial_data(pd.read_csv(trial_csv), float(dc["until"]), dc["dvid"])
     dataset = popkpd.read_nonmem(frame, pop.structural, covariates=COVARIATES,
                                  dvid_outputs={k: DVID_OUTPUTS[k] for k in dc["dvid"]})
