@@ -480,8 +480,9 @@ def fit(
         ``Fit.tree`` (ArviZ DataTree; groups and variable names in ``popkpd._inference.io``),
         ``Fit.metadata`` (model description, data hash, versions, seed, sampler settings,
         timings ``timing_s``: ``compile_s`` log-density gradient compilation, ``map_s`` MAP and
-        Hessian (or ``pathfinder_s``: the L-BFGS path and Pathfinder), ``mcmc_s`` NUTS warmup and draws including its compilation, ``predictive_s``
-        log-likelihood and replicates, ``total_s``), ``Fit.population``.
+        Hessian (or ``pathfinder_s``: the L-BFGS path and Pathfinder), ``mcmc_s`` NUTS warmup
+        and draws including its compilation, ``predictive_s`` log-likelihood and replicates,
+        ``total_s``), ``Fit.population``.
     """
     _check_arguments(method, chains, warmup, draws, target_accept, init, max_tree_depth, seed)
     if not isinstance(population, PopulationModel):
@@ -594,7 +595,7 @@ def _pathfinder_points(posterior, key, chains, ids):
     dim], info, timing)``."""
     path = []
     t0 = time.perf_counter()
-    _, value_and_grad, objective, compile_s = minimise(posterior, ids=ids, path=path)
+    _, _, objective, compile_s = minimise(posterior, ids=ids, path=path)
     seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
     points, info = pathfinder(path, lambda x: objective(x)[0], seed, chains)
     return points, info, {"compile_s": compile_s, "pathfinder_s": time.perf_counter() - t0 - compile_s}
