@@ -138,7 +138,7 @@ def check_convergence(tree, var_names=None, *, rhat_max=1.01, ess_per_chain=100,
         if loo and "log_likelihood" in tree.children and n_chains * n_draws < MIN_LOO_DRAWS:
             notes.append(
                 f"PSIS-LOO not computed: {n_chains * n_draws} draws in all, and its Pareto tail fit needs at "
-                f"least {MIN_LOO_DRAWS} (fewer leave it under 5 tail draws per observation). Draw more to get it."
+                f"least {MIN_LOO_DRAWS} (below about 25 it has fewer than 5 tail draws; 50 leaves a margin). Draw more to get it."
             )
         elif loo and "log_likelihood" in tree.children:
             with warnings.catch_warnings():
