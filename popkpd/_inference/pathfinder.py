@@ -93,26 +93,27 @@ class _Normal:
     def __init__(self, x, g, alpha, pairs):
         self.alpha = alpha
         dim = len(x)
+        # diagonal only, where there are no pairs or I + Rq G Rq^T is not positive definite in
+        # floating point
+        Q, L, B, G = np.zeros((dim, 0)), np.zeros((0, 0)), np.zeros((dim, 0)), np.zeros((0, 0))
         if pairs:
             S = np.stack([p[0] for p in pairs], axis=1)  # [dim, m]
             Y = np.stack([p[1] for p in pairs], axis=1)
             m = S.shape[1]
             SY = S.T @ Y
-            R = np.triu(SY)
+            Rinv = np.linalg.inv(np.triu(SY))
             D = np.diag(np.diag(SY))
-            Rinv = np.linalg.inv(R)
-            B = np.concatenate([alpha[:, None] * Y, S], axis=1)  # [dim, 2m]
-            G = np.block([[np.zeros((m, m)), -Rinv], [-Rinv.T, Rinv.T @ (D + Y.T @ (alpha[:, None] * Y)) @ Rinv]])
-            # H = A^1/2 (I + Q M' Q^T) A^1/2 with A^-1/2 B = Q Rq: factor I + Rq G Rq^T = L L^T
-            Q, Rq = np.linalg.qr(B / np.sqrt(alpha)[:, None])
-            M = np.eye(len(Rq)) + Rq @ G @ Rq.T
-            M = 0.5 * (M + M.T)
+            low_rank = np.concatenate([alpha[:, None] * Y, S], axis=1)  # [dim, 2m]
+            middle = np.block([[np.zeros((m, m)), -Rinv],
+                               [-Rinv.T, Rinv.T @ (D + Y.T @ (alpha[:, None] * Y)) @ Rinv]])
+            # H = A + B G B^T = A^1/2 (I + Q (M - I) Q^T) A^1/2, A^-1/2 B = Q Rq, M = I + Rq G Rq^T = L L^T
+            q, rq = np.linalg.qr(low_rank / np.sqrt(alpha)[:, None])
+            M = np.eye(len(rq)) + rq @ middle @ rq.T
             try:
-                L = np.linalg.cholesky(M)
-            except np.linalg.LinAlgError:  # not positive definite in floating point: diagonal only
-                Q, L, B, G = np.zeros((dim, 0)), np.zeros((0, 0)), np.zeros((dim, 0)), np.zeros((0, 0))
-        else:
-            Q, L, B, G = np.zeros((dim, 0)), np.zeros((0, 0)), np.zeros((dim, 0)), np.zeros((0, 0))
+                L = np.linalg.cholesky(0.5 * (M + M.T))
+                Q, B, G = q, low_rank, middle
+            except np.linalg.LinAlgError:
+                pass
         self.Q, self.L, self.B, self.G = Q, L, B, G
         self.mean = x - (alpha * g + B @ (G @ (B.T @ g)))
         self.log_det = float(np.sum(np.log(alpha)) + 2 * np.sum(np.log(np.diag(L))))
