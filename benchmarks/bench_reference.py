@@ -11,8 +11,9 @@ Parts (each NUTS row runs in a fresh process, so compile time and peak memory ar
    popkpd path, timed interleaved in one process (best of 5 rounds), and its difference from the
    closed form's value (exactness check).
 2. NUTS through ``popkpd.fit`` (init from the Laplace approximation, as ``fit`` does by
-   default) for each path: compile (MAP + compile) and sampling wall time, minimum bulk ESS over
-   the population parameters, ESS per second of sampling, divergences, max R-hat, peak RSS.
+   default; ``--init pathfinder`` for Pathfinder's) for each path: compile (MAP + compile) and
+   sampling wall time, minimum bulk ESS over the population parameters, ESS per second of
+   sampling, divergences, max R-hat, peak RSS.
    ``fit`` runs warmup and draws as one NumPyro call, so popkpd's "sampling" time includes
    compiling the sampler loop (its ESS/s is conservative); Stan's excludes its C++ compilation.
 3. Stan (pystan, optional: ``pip install -e .[bench]``), closed form and ``ode_rk45_tol`` (rtol
@@ -123,7 +124,7 @@ def gradient_table(paths=PATHS, rounds: int = 5, data=None) -> list[dict]:
 
 
 def nuts_row(path: str, chains: int, warmup: int, draws: int, seed: int, chain_method: str | None, data=None,
-             dense_mass: bool = False) -> dict:
+             dense_mass: bool = False, init: str = "laplace") -> dict:
     """One NUTS run through ``popkpd.fit`` (call in a fresh process: see ``main``)."""
     import jax
 
@@ -134,7 +135,7 @@ def nuts_row(path: str, chains: int, warmup: int, draws: int, seed: int, chain_m
     dataset = popkpd.read_nonmem(data or data_path(), model)
     t0 = time.perf_counter()
     result = fit(pop, dataset, chains=chains, warmup=warmup, draws=draws, seed=seed, progress_bar=False,
-                 posterior_predictive=False, chain_method=chain_method, dense_mass=dense_mass)
+                 posterior_predictive=False, chain_method=chain_method, dense_mass=dense_mass, init=init)
     total = time.perf_counter() - t0
     from arviz_stats import ess, rhat
 
@@ -147,7 +148,8 @@ def nuts_row(path: str, chains: int, warmup: int, draws: int, seed: int, chain_m
     sampling = timing["mcmc_s"] if "mcmc_s" in timing else timing["warmup_s"] + timing["sampling_s"]
     stats = result.tree["sample_stats"]
     leapfrogs = int(np.asarray(stats["n_steps"].values).sum())  # draws only (NumPyro keeps no warmup stats)
-    return dict(tool="popkpd", path=path + (" dense" if dense_mass else ""), chain_method=result.metadata["sampler"].get("chain_method", chain_method),
+    label = path + (" dense" if dense_mass else "") + ("" if init == "laplace" else f" init={init}")
+    return dict(tool="popkpd", path=label, chain_method=result.metadata["sampler"].get("chain_method", chain_method),
                 compile_s=total - sampling, sampling_s=sampling, min_ess_bulk=min(ess_bulk.values()),
                 ess_per_s=min(ess_bulk.values()) / sampling, divergences=int(np.asarray(stats["diverging"].values).sum()),
                 max_rhat=max(r_hat.values()), ess_bulk=ess_bulk, devices=len(jax.devices()),
@@ -176,6 +178,7 @@ def main(argv=None) -> str:
     parser.add_argument("--stan", nargs="*", default=["closed", "ode"], choices=("closed", "ode"))
     parser.add_argument("--gradient-only", action="store_true")
     parser.add_argument("--data", default=None)
+    parser.add_argument("--init", default="laplace", help="starting points of popkpd's NUTS rows (popkpd.fit's init)")
     args = parser.parse_args(argv)
     data = args.data or str(data_path())
 
@@ -193,7 +196,7 @@ def main(argv=None) -> str:
             print("row:", json.dumps(row), flush=True)
 
         for path in args.paths:
-            done(run_child("benchmarks.bench_reference", ["--row", path, *common]))
+            done(run_child("benchmarks.bench_reference", ["--row", path, *common, "--init", args.init]))
         if not args.no_stan:
             if _stan_available():
                 for kind in args.stan:
@@ -228,9 +231,10 @@ def _row_main(argv):
     parser.add_argument("--data", default=None)
     parser.add_argument("--chain-method", default=None)
     parser.add_argument("--dense-mass", action="store_true")
+    parser.add_argument("--init", default="laplace", help="popkpd.fit's init: laplace, pathfinder, map, prior_median")
     args = parser.parse_args(argv)
     row = nuts_row(args.path, args.chains, args.warmup, args.draws, args.seed, args.chain_method, args.data,
-                   args.dense_mass)
+                   args.dense_mass, args.init)
     print(json.dumps(row))
 
 

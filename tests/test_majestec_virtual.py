@@ -30,6 +30,15 @@ def test_shipped_config_is_the_documented_default():
     assert mv.load_config(SCRIPT.parent / "config.toml") == mv.DEFAULTS
 
 
+def test_fixed_parameters_are_held_at_their_prior_centre():
+    """The default holds cl2 (runs 1-6 of README.md); listing it nowhere estimates it with IIV."""
+    held = mv.population(fixed=mv.DEFAULTS["fit"]["fixed"]).parameters["cl2"]
+    assert isinstance(held.typical, mv.popkpd.Fixed) and held.iiv is None
+    assert float(held.typical.value) == pytest.approx(mv.teclistamab.TYPICAL["cl2"])
+    estimated = mv.population(fixed=[]).parameters["cl2"]
+    assert isinstance(estimated.typical, mv.popkpd.LogNormal) and estimated.iiv is not None
+
+
 @pytest.mark.parametrize("text, message", [
     ("[fit]\nchain = 2\n", r"\[fit\] has unknown keys \['chain'\]"),
     ("[sampler]\nchains = 2\n", r"section \[sampler\] is not known"),
