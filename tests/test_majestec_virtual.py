@@ -30,13 +30,16 @@ def test_shipped_config_is_the_documented_default():
     assert mv.load_config(SCRIPT.parent / "config.toml") == mv.DEFAULTS
 
 
-def test_fixed_parameters_are_held_at_their_prior_centre():
-    """The default holds cl2 (runs 1-6 of README.md); listing it nowhere estimates it with IIV."""
+def test_fixed_and_typical_only_parameters():
+    """The default holds cl2 (runs 1-6 of README.md); listing it nowhere estimates it with IIV;
+    ``without_iiv`` keeps the typical value estimated without a random effect."""
     held = mv.population(fixed=mv.DEFAULTS["fit"]["fixed"]).parameters["cl2"]
     assert isinstance(held.typical, mv.popkpd.Fixed) and held.iiv is None
     assert float(held.typical.value) == pytest.approx(mv.teclistamab.TYPICAL["cl2"])
     estimated = mv.population(fixed=[]).parameters["cl2"]
     assert isinstance(estimated.typical, mv.popkpd.LogNormal) and estimated.iiv is not None
+    typical_only = mv.population(without_iiv=["kmax"]).parameters["kmax"]
+    assert isinstance(typical_only.typical, mv.popkpd.LogNormal) and typical_only.iiv is None
 
 
 @pytest.mark.parametrize("text, message", [
@@ -47,6 +50,8 @@ def test_fixed_parameters_are_held_at_their_prior_centre():
     ('[fit]\ndense_mass = "yes"\n', r"dense_mass = 'yes'; expected true or false"),
     ('[fit]\nfixed = ["chi"]\n', r"fixed = \['chi'\]; expected a list of estimated parameters"),
     ('[fit]\nfixed = ["s0"]\ncentred = ["s0"]\n', r"\['s0'\] both centred and fixed"),
+    ('[fit]\nwithout_iiv = ["tau50_n"]\n', r"without_iiv = \['tau50_n'\]; expected a list of parameters with a random"),
+    ('[fit]\nwithout_iiv = ["kg"]\ncentred = ["kg"]\n', r"\['kg'\] in without_iiv and in centred or fixed"),
     ('[fit]\ninit = "median"\n', r"init = 'median'; expected one of \['laplace', 'pathfinder'"),
     ('[fit]\ncentred = ["s0", "tau50_n"]\n', r"centred = \['s0', 'tau50_n'\]; expected a list of parameters with a random"),
 ])

@@ -34,14 +34,15 @@ are estimated; every other rate, the binding constants and receptor numbers are 
 drug's ``TYPICAL`` values (science.md: "fix binding constants, receptor numbers, sBCMA t1/2 and
 paraprotein clearances"). Estimated, each with log-normal IIV (omega ~ HalfNormal): cl, vc, ka,
 s0, m0, e0, kg, kmax, k_exh (non-centred, except those listed in ``[fit] centred``), and cl2
-unless ``[fit] fixed`` holds it (the default, as in runs 1-6); tau50_n typical value only; one residual sd per output (two for M-protein). Priors of typical values:
-LogNormal around the drug's ``TYPICAL`` (tau50_n around the value the trial calibration found,
-``CALIBRATION``; s0 and m0 around the population medians 90 ng/mL and 20 g/L) with the log-sds
-of ``ESTIMATED``. Known covariates (measured at baseline in a trial): weight and ISS on cl / vc /
-vp with MIAO23's fixed effects, bone-marrow tumour burden (``BURDEN``: n0 = n0_typ x BURDEN,
-from the marrow plasma-cell fraction) and membrane BCMA density (``BCMA_DENSITY``: r_b0, by flow
-cytometry). Not given to the fit: the true sBCMA, M-protein and marrow T cells of the dataset's
-covariate columns.
+unless ``[fit] fixed`` holds it (the default, as in runs 1-6); ``[fit] without_iiv`` drops the
+random effect of the parameters it lists; tau50_n typical value only; one residual sd per output
+(two for M-protein). Priors of typical values: LogNormal around the drug's ``TYPICAL`` (tau50_n
+around the value the trial calibration found, ``CALIBRATION``; s0 and m0 around the population
+medians 90 ng/mL and 20 g/L) with the log-sds of ``ESTIMATED``. Known covariates (measured at
+baseline in a trial): weight and ISS on cl / vc / vp with MIAO23's fixed effects, bone-marrow
+tumour burden (``BURDEN``: n0 = n0_typ x BURDEN, from the marrow plasma-cell fraction) and
+membrane BCMA density (``BCMA_DENSITY``: r_b0, by flow cytometry). Not given to the fit: the true
+sBCMA, M-protein and marrow T cells of the dataset's covariate columns.
 
 Not modelled by the fit, although the trial has them (misspecification, as in every real fit):
 IIV on cl2 (when held fixed), chi, tau50_n and k_rec (log-sds 0.84, 1.0, 1.0, 0.7), absorbed by
@@ -87,15 +88,17 @@ informative; cl2 is the early, decaying part of teclistamab's clearance, held fi
 s0, m0 1.0 (population spread, science.md §3.2); e0, kg, kmax, k_exh from science.md L3 (E:T's
 1.5 narrowed to 1.0); tau50_n 1.0 around the calibrated value."""
 
-INDIVIDUAL = ("s0", "et", "k_exh", "e0", "m0", "kmax", "kg", "cl", "vc", "ka")
-"""Patient-level quantities of the recovery table (``et`` = e0 / n0, the marrow E:T at baseline)."""
+INDIVIDUAL = ("s0", "et", "k_exh", "e0", "m0", "kmax", "kg", "cl", "cl2", "vc", "ka")
+"""Patient-level quantities of the recovery table (``et`` = e0 / n0, the marrow E:T at baseline);
+those the fit gives one value for every patient (``[fit] fixed``, ``without_iiv``) are left out."""
 
 DEFAULTS = {
     "trial": {"design": "majestec1", "patients": 24, "seed": 11},
     "data": {"until": 56.0, "dvid": [1, 2, 3, 4]},
     "fit": {"method": "nuts", "chains": 2, "warmup": 250, "draws": 250, "max_tree_depth": 6,
             "target_accept": 0.85, "seed": 0, "rtol": 1e-6, "atol": 1e-9, "max_steps": 4096, "processes": "auto",
-            "centred": [], "dense_mass": False, "init": "laplace", "fixed": ["cl2"]},
+            "centred": [], "dense_mass": False, "init": "laplace", "fixed": ["cl2"],
+            "without_iiv": []},
     "classify": {"draws": 100},
 }
 
@@ -143,6 +146,14 @@ def load_config(path: Path | None) -> dict:
     if set(centred) & set(fixed):
         raise ValueError(f"{path}: [fit] {sorted(set(centred) & set(fixed))} both centred and fixed; a fixed "
                          "parameter has no random effect to centre. Remove it from one of the lists.")
+    without = config["fit"]["without_iiv"]
+    if not isinstance(without, list) or not set(without) <= set(with_iiv):
+        raise ValueError(f"{path}: [fit] without_iiv = {without!r}; expected a list of parameters with a random "
+                         f"effect, from {with_iiv} (their typical value stays estimated).")
+    if set(without) & (set(centred) | set(fixed)):
+        raise ValueError(f"{path}: [fit] {sorted(set(without) & (set(centred) | set(fixed)))} in without_iiv and "
+                         "in centred or fixed; without a random effect there is nothing to centre, and a fixed "
+                         "parameter is not estimated. Remove it from one of the lists.")
     return config
 
 
@@ -171,11 +182,12 @@ def _covariate_effects() -> dict:
 
 
 def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, centred=(),
-               fixed=()) -> popkpd.PopulationModel:
+               fixed=(), without_iiv=()) -> popkpd.PopulationModel:
     """The fitted population model (module docstring, "The identifiable configuration"); the
     random effects of ``centred`` are sampled centred (``PopulationModel(centered=...)``), the
     others non-centred; the parameters of ``fixed`` (of ``ESTIMATED``) are held at their
-    prior's centre (the drug's typical or calibrated value) instead of estimated."""
+    prior's centre (the drug's typical or calibrated value) instead of estimated, and those of
+    ``without_iiv`` keep an estimated typical value without a random effect."""
     model = popkpd.BCMAModel(layers=3, clearance=teclistamab.MODEL.clearance)
     centre, effects = centres(), _covariate_effects()
     parameters = {}
@@ -184,7 +196,8 @@ def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, ce
         if name in ESTIMATED and name not in fixed:
             sd, omega = ESTIMATED[name]
             parameters[name] = popkpd.Parameter(popkpd.LogNormal(centre[name], sd),
-                                                iiv=None if omega is None else popkpd.HalfNormal(omega),
+                                                iiv=None if omega is None or name in without_iiv
+                                                else popkpd.HalfNormal(omega),
                                                 covariates=covariates)
         else:
             parameters[name] = popkpd.Parameter(popkpd.Fixed(centre[name]), covariates=covariates)
@@ -232,7 +245,7 @@ def _results_config(config) -> dict | None:
 def fitted_data(config: dict, trial_csv: Path):
     """``(population, dataset, rows)``: the fitted model and the data cut of the trial in ``trial_csv``."""
     fc, dc = config["fit"], config["data"]
-    pop = population(fc["rtol"], fc["atol"], int(fc["max_steps"]), fc["centred"], fc["fixed"])
+    pop = population(fc["rtol"], fc["atol"], int(fc["max_steps"]), fc["centred"], fc["fixed"], fc["without_iiv"])
     frame = trial_data(pd.read_csv(trial_csv), float(dc["until"]), dc["dvid"])
     dataset = popkpd.read_nonmem(frame, pop.structural, covariates=COVARIATES,
                                  dvid_outputs={k: DVID_OUTPUTS[k] for k in dc["dvid"]})
@@ -323,6 +336,8 @@ def individual_recovery(fit, truth: pd.DataFrame, ids) -> pd.DataFrame:
     true = truth.set_index("ID").loc[list(ids)]
     rows = []
     for name in INDIVIDUAL:
+        if name != "et" and name not in fit.tree["posterior"]:
+            continue  # fixed or without a random effect: one value for every patient
         x = _draws(fit, name)
         t = (true["e0"] / true["n0"]).to_numpy() if name == "et" else true[name].to_numpy()
         med, lo, hi = np.median(x, 0), np.quantile(x, 0.05, 0), np.quantile(x, 0.95, 0)
