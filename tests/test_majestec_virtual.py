@@ -42,6 +42,18 @@ def test_fixed_and_typical_only_parameters():
     assert isinstance(typical_only.typical, mv.popkpd.LogNormal) and typical_only.iiv is None
 
 
+def test_priors_override_the_estimated_defaults(tmp_path):
+    """``[priors]`` replaces the prior of the keys it gives and leaves the rest as ``ESTIMATED``."""
+    path = tmp_path / "priors.toml"
+    path.write_text("[priors]\ncl = {sd = 0.2, omega = 0.5}\nkg = {omega = 0.3}\n")
+    config = mv.load_config(path)
+    pop = mv.population(priors=config["priors"])
+    cl, kg, vc = (pop.parameters[name] for name in ("cl", "kg", "vc"))
+    assert (float(cl.typical.sd), float(cl.iiv.scale)) == (0.2, 0.5)
+    assert (float(kg.typical.sd), float(kg.iiv.scale)) == (mv.ESTIMATED["kg"][0], 0.3)
+    assert (float(vc.typical.sd), float(vc.iiv.scale)) == mv.ESTIMATED["vc"]
+
+
 @pytest.mark.parametrize("text, message", [
     ("[fit]\nchain = 2\n", r"\[fit\] has unknown keys \['chain'\]"),
     ("[sampler]\nchains = 2\n", r"section \[sampler\] is not known"),
@@ -54,6 +66,11 @@ def test_fixed_and_typical_only_parameters():
     ('[fit]\nwithout_iiv = ["kg"]\ncentred = ["kg"]\n', r"\['kg'\] in without_iiv and in centred or fixed"),
     ('[fit]\ninit = "median"\n', r"init = 'median'; expected one of \['laplace', 'pathfinder'"),
     ('[fit]\ncentred = ["s0", "tau50_n"]\n', r"centred = \['s0', 'tau50_n'\]; expected a list of parameters with a random"),
+    ("[priors]\nchi = {sd = 0.2}\n", r"\[priors\] chi is not an estimated parameter"),
+    ("[priors]\ncl = 0.2\n", r"\[priors\] cl = 0.2; expected a table with keys sd and/or omega"),
+    ("[priors]\ncl = {sd = 0.2, scale = 1}\n", r"expected a table with keys sd and/or omega"),
+    ("[priors]\ncl = {omega = -0.5}\n", r"\[priors\] cl.omega = -0.5; expected a positive number"),
+    ("[priors]\ntau50_n = {omega = 0.5}\n", r"tau50_n has no random effect in the fitted model"),
 ])
 def test_config_errors_name_the_key(tmp_path, text, message):
     bad = tmp_path / "bad.toml"

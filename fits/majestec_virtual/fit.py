@@ -38,7 +38,8 @@ unless ``[fit] fixed`` holds it (the default, as in runs 1-6); ``[fit] without_i
 random effect of the parameters it lists; tau50_n typical value only; one residual sd per output
 (two for M-protein). Priors of typical values: LogNormal around the drug's ``TYPICAL`` (tau50_n
 around the value the trial calibration found, ``CALIBRATION``; s0 and m0 around the population
-medians 90 ng/mL and 20 g/L) with the log-sds of ``ESTIMATED``. Known covariates (measured at
+medians 90 ng/mL and 20 g/L) with the log-sds of ``ESTIMATED``; the config's ``[priors]`` overrides
+any of them (``cl = {sd = 0.2, omega = 0.50}``). Known covariates (measured at
 baseline in a trial): weight and ISS on cl / vc / vp with MIAO23's fixed effects, bone-marrow
 tumour burden (``BURDEN``: n0 = n0_typ x BURDEN, from the marrow plasma-cell fraction) and
 membrane BCMA density (``BCMA_DENSITY``: r_b0, by flow cytometry). Not given to the fit: the true
@@ -99,6 +100,7 @@ DEFAULTS = {
             "target_accept": 0.85, "seed": 0, "rtol": 1e-6, "atol": 1e-9, "max_steps": 4096, "processes": "auto",
             "centred": [], "dense_mass": False, "init": "laplace", "fixed": ["cl2"],
             "without_iiv": []},
+    "priors": {},
     "classify": {"draws": 100},
 }
 
@@ -116,6 +118,9 @@ def load_config(path: Path | None) -> dict:
     for section, values in given.items():
         if section not in config or not isinstance(values, dict):
             raise ValueError(f"{path}: section [{section}] is not known; expected sections {sorted(DEFAULTS)}.")
+        if section == "priors":
+            config["priors"] = _check_priors(path, values)
+            continue
         unknown = sorted(set(values) - set(config[section]))
         if unknown:
             raise ValueError(f"{path}: [{section}] has unknown keys {unknown}; expected keys from "
@@ -157,6 +162,26 @@ def load_config(path: Path | None) -> dict:
     return config
 
 
+def _check_priors(path, priors: dict) -> dict:
+    """``[priors]``: ``name = {sd = ..., omega = ...}`` overrides ``ESTIMATED``'s prior of ``name``
+    (either key may be left out)."""
+    for name, given in priors.items():
+        if name not in ESTIMATED:
+            raise ValueError(f"{path}: [priors] {name} is not an estimated parameter; expected names from "
+                             f"{sorted(ESTIMATED)}.")
+        if not isinstance(given, dict) or not given or not set(given) <= {"sd", "omega"}:
+            raise ValueError(f"{path}: [priors] {name} = {given!r}; expected a table with keys sd and/or omega, "
+                             f"e.g. {name} = {{sd = 0.2, omega = 0.5}} (log-sd of the typical value's LogNormal, "
+                             "HalfNormal scale of the random effect's sd).")
+        for key, value in given.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{path}: [priors] {name}.{key} = {value!r}; expected a positive number.")
+        if "omega" in given and ESTIMATED[name][1] is None:
+            raise ValueError(f"{path}: [priors] {name}.omega: {name} has no random effect in the fitted model; "
+                             "give sd only.")
+    return priors
+
+
 def centres() -> dict:
     """Prior medians / fixed values of every parameter of the fitted model."""
     typical = dict(teclistamab.TYPICAL)
@@ -182,12 +207,13 @@ def _covariate_effects() -> dict:
 
 
 def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, centred=(),
-               fixed=(), without_iiv=()) -> popkpd.PopulationModel:
+               fixed=(), without_iiv=(), priors=None) -> popkpd.PopulationModel:
     """The fitted population model (module docstring, "The identifiable configuration"); the
     random effects of ``centred`` are sampled centred (``PopulationModel(centered=...)``), the
     others non-centred; the parameters of ``fixed`` (of ``ESTIMATED``) are held at their
     prior's centre (the drug's typical or calibrated value) instead of estimated, and those of
-    ``without_iiv`` keep an estimated typical value without a random effect."""
+    ``without_iiv`` keep an estimated typical value without a random effect. ``priors``
+    (``{name: {"sd": ..., "omega": ...}}``, the config's ``[priors]``) overrides ``ESTIMATED``."""
     model = popkpd.BCMAModel(layers=3, clearance=teclistamab.MODEL.clearance)
     centre, effects = centres(), _covariate_effects()
     parameters = {}
@@ -195,6 +221,8 @@ def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, ce
         covariates = effects.get(name, ())
         if name in ESTIMATED and name not in fixed:
             sd, omega = ESTIMATED[name]
+            given = (priors or {}).get(name, {})
+            sd, omega = given.get("sd", sd), given.get("omega", omega)
             parameters[name] = popkpd.Parameter(popkpd.LogNormal(centre[name], sd),
                                                 iiv=None if omega is None or name in without_iiv
                                                 else popkpd.HalfNormal(omega),
@@ -245,7 +273,8 @@ def _results_config(config) -> dict | None:
 def fitted_data(config: dict, trial_csv: Path):
     """``(population, dataset, rows)``: the fitted model and the data cut of the trial in ``trial_csv``."""
     fc, dc = config["fit"], config["data"]
-    pop = population(fc["rtol"], fc["atol"], int(fc["max_steps"]), fc["centred"], fc["fixed"], fc["without_iiv"])
+    pop = population(fc["rtol"], fc["atol"], int(fc["max_steps"]), fc["centred"], fc["fixed"], fc["without_iiv"],
+                     config["priors"])
     frame = trial_data(pd.read_csv(trial_csv), float(dc["until"]), dc["dvid"])
     dataset = popkpd.read_nonmem(frame, pop.structural, covariates=COVARIATES,
                                  dvid_outputs={k: DVID_OUTPUTS[k] for k in dc["dvid"]})
