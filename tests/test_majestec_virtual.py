@@ -31,13 +31,16 @@ def test_shipped_config_is_the_documented_default():
 
 
 def test_fixed_and_typical_only_parameters():
-    """The default holds cl2 (runs 1-6 of README.md); listing it nowhere estimates it with IIV;
-    ``without_iiv`` keeps the typical value estimated without a random effect."""
-    held = mv.population(fixed=mv.DEFAULTS["fit"]["fixed"]).parameters["cl2"]
+    """``fixed`` holds a parameter at its prior's centre (cl2 in runs 1-6 of README.md, tau50_n in
+    the shipped config); listing it nowhere estimates it (cl2 with IIV); ``without_iiv`` keeps the
+    typical value estimated without a random effect."""
+    held = mv.population(fixed=["cl2"]).parameters["cl2"]
     assert isinstance(held.typical, mv.popkpd.Fixed) and held.iiv is None
     assert float(held.typical.value) == pytest.approx(mv.teclistamab.TYPICAL["cl2"])
-    estimated = mv.population(fixed=[]).parameters["cl2"]
-    assert isinstance(estimated.typical, mv.popkpd.LogNormal) and estimated.iiv is not None
+    shipped = mv.population(fixed=mv.DEFAULTS["fit"]["fixed"]).parameters
+    assert isinstance(shipped["tau50_n"].typical, mv.popkpd.Fixed)
+    assert float(shipped["tau50_n"].typical.value) == pytest.approx(mv.centres()["tau50_n"])
+    assert isinstance(shipped["cl2"].typical, mv.popkpd.LogNormal) and shipped["cl2"].iiv is not None
     typical_only = mv.population(without_iiv=["kmax"]).parameters["kmax"]
     assert isinstance(typical_only.typical, mv.popkpd.LogNormal) and typical_only.iiv is None
 
@@ -133,7 +136,9 @@ def test_the_script_runs_end_to_end_on_a_tiny_trial(tmp_path):
     for name in ("trial.csv", "truth.csv", "fit.nc", "population_recovery.csv", "individual_recovery.csv",
                  "classification.csv", "results.json", "summary.md", "report/summary.md", "recovery.png"):
         assert (tmp_path / name).is_file(), name
-    assert set(out["population"].parameter) == set(mv.population().population_sites())
+    fitted = mv.population(fixed=config["fit"]["fixed"], without_iiv=config["fit"]["without_iiv"],
+                           priors=config["priors"])
+    assert set(out["population"].parameter) == set(fitted.population_sites())
     assert np.all(np.isfinite(out["individual"][["spearman", "coverage_90"]].to_numpy()))
 
 

@@ -32,14 +32,15 @@ as in ``BCMAModel(layers=3)``. L4 (no GSI in the trial) and L5 (IL-6 is a read-o
 on nothing) are left out. "Reduced" L3: the T-cell states stay, but only kg, kmax, k_exh and E0
 are estimated; every other rate, the binding constants and receptor numbers are fixed at the
 drug's ``TYPICAL`` values (science.md: "fix binding constants, receptor numbers, sBCMA t1/2 and
-paraprotein clearances"). Estimated, each with log-normal IIV (omega ~ HalfNormal): cl, vc, ka,
-s0, m0, e0, kg, kmax, k_exh (non-centred, except those listed in ``[fit] centred``), and cl2
-unless ``[fit] fixed`` holds it (the default, as in runs 1-6); ``[fit] without_iiv`` drops the
-random effect of the parameters it lists; tau50_n typical value only; one residual sd per output
-(two for M-protein). Priors of typical values: LogNormal around the drug's ``TYPICAL`` (tau50_n
-around the value the trial calibration found, ``CALIBRATION``; s0 and m0 around the population
-medians 90 ng/mL and 20 g/L) with the log-sds of ``ESTIMATED``; the config's ``[priors]`` overrides
-any of them (``cl = {sd = 0.2, omega = 0.50}``). Known covariates (measured at
+paraprotein clearances"). Estimated, each with log-normal IIV (omega ~ HalfNormal): cl, cl2, vc,
+ka, s0, m0, e0, kg, kmax, k_exh (non-centred, except those listed in ``[fit] centred``: s0 and
+m0 in the shipped config), unless ``[fit] fixed`` holds them at their prior's centre (the shipped
+config holds tau50_n; runs 1-6 held cl2); ``[fit] without_iiv`` drops the random effect of the
+parameters it lists; tau50_n typical value only; one residual sd per output (two for M-protein).
+Priors of typical values: LogNormal around the drug's ``TYPICAL`` (tau50_n around the value the
+trial calibration found, ``CALIBRATION``; s0 and m0 around the population medians 90 ng/mL and
+20 g/L) with the log-sds of ``ESTIMATED``; the config's ``[priors]`` overrides any of them
+(``cl = {sd = 0.5, omega = 1.0}``). Known covariates (measured at
 baseline in a trial): weight and ISS on cl / vc / vp with MIAO23's fixed effects, bone-marrow
 tumour burden (``BURDEN``: n0 = n0_typ x BURDEN, from the marrow plasma-cell fraction) and
 membrane BCMA density (``BCMA_DENSITY``: r_b0, by flow cytometry). Not given to the fit: the true
@@ -79,14 +80,15 @@ COVARIATES = ["WEIGHT", "ISS", "BURDEN", "BCMA_DENSITY"]
 
 ESTIMATED = {
     # name: (log-sd of the LogNormal prior of the typical value, HalfNormal scale of omega or None)
-    "cl": (0.5, 1.0), "cl2": (0.5, 1.0), "vc": (0.5, 1.0), "ka": (0.5, 1.0),
+    "cl": (0.2, 0.50), "cl2": (0.25, 0.84), "vc": (0.2, 0.46), "ka": (0.2, 0.43),
     "s0": (1.0, 1.5), "m0": (1.0, 1.0), "e0": (1.0, 1.0),
     "kg": (1.0, 1.0), "kmax": (0.8, 1.0), "k_exh": (0.7, 1.0),
     "tau50_n": (1.0, None),
 }
-"""Estimated parameters (unless ``[fit] fixed`` holds them). Prior log-sds: PK 0.5 (MIAO23 is
-informative; cl2 is the early, decaying part of teclistamab's clearance, held fixed by default);
-s0, m0 1.0 (population spread, science.md §3.2); e0, kg, kmax, k_exh from science.md L3 (E:T's
+"""Estimated parameters (unless ``[fit] fixed`` holds them). PK: science.md §2 L0's priors from
+MIAO23, typical values LogNormal with log-sd max(RSE, 0.2), IIV sds HalfNormal(published omega)
+(runs 1-8 of README.md had log-sd 0.5 and HalfNormal(1.0): ``[priors]`` restores them; cl2 is the
+early, decaying part of teclistamab's clearance); s0, m0 1.0 (population spread, science.md §3.2); e0, kg, kmax, k_exh from science.md L3 (E:T's
 1.5 narrowed to 1.0); tau50_n 1.0 around the calibrated value."""
 
 INDIVIDUAL = ("s0", "et", "k_exh", "e0", "m0", "kmax", "kg", "cl", "cl2", "vc", "ka")
@@ -96,9 +98,9 @@ those the fit gives one value for every patient (``[fit] fixed``, ``without_iiv`
 DEFAULTS = {
     "trial": {"design": "majestec1", "patients": 24, "seed": 11},
     "data": {"until": 56.0, "dvid": [1, 2, 3, 4]},
-    "fit": {"method": "nuts", "chains": 2, "warmup": 250, "draws": 250, "max_tree_depth": 6,
-            "target_accept": 0.85, "seed": 0, "rtol": 1e-6, "atol": 1e-9, "max_steps": 4096, "processes": "auto",
-            "centred": [], "dense_mass": False, "init": "laplace", "fixed": ["cl2"],
+    "fit": {"method": "nuts", "chains": 2, "warmup": 400, "draws": 200, "max_tree_depth": 7,
+            "target_accept": 0.9, "seed": 0, "rtol": 1e-4, "atol": 1e-7, "max_steps": 4096, "processes": "auto",
+            "centred": ["s0", "m0"], "dense_mass": True, "init": "pathfinder", "fixed": ["tau50_n"],
             "without_iiv": []},
     "priors": {},
     "classify": {"draws": 100},
