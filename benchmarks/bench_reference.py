@@ -4,6 +4,10 @@
     python -m benchmarks.bench_reference --no-stan       # popkpd only
     python -m benchmarks.bench_reference --paths closed_form expm --warmup 500 --draws 500
     python -m benchmarks.bench_reference --gradient-only # per-gradient cost of the log density only
+    python -m benchmarks.bench_reference ... --record    # also write its ratios to benchmarks/recorded.json
+
+Every ratio is printed beside the one recorded in ``benchmarks/recorded.json`` (the figures of
+RESULTS.md) with the change, and a last line says whether any moved by more than 25 %.
 
 Parts (each NUTS row runs in a fresh process, so compile time and peak memory are its own):
 
@@ -166,7 +170,7 @@ def _stan_available() -> bool:
 
 
 def main(argv=None) -> str:
-    from ._common import header, run_child, table
+    from ._common import against_recorded, header, recorded_columns, recorded_summary, run_child, table
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_reference")
     parser.add_argument("--paths", nargs="*", default=["closed_form", "expm", "tsit5_fwd"], choices=PATHS)
@@ -179,14 +183,19 @@ def main(argv=None) -> str:
     parser.add_argument("--gradient-only", action="store_true")
     parser.add_argument("--data", default=None)
     parser.add_argument("--init", default="laplace", help="starting points of popkpd's NUTS rows (popkpd.fit's init)")
+    parser.add_argument("--record", action="store_true",
+                        help="write this run's ratios to benchmarks/recorded.json (then put the run in RESULTS.md)")
     args = parser.parse_args(argv)
     data = args.data or str(data_path())
 
     grads = gradient_table(PATHS, data=data)
+    against_recorded("reference gradient", grads, "vs_closed_form", lambda r: r["path"], args.record)
     text = ["## Reference problem (2-cmt SC, N=40): per-gradient cost of the log density", "", header(), "",
             table(grads, [("path", "path", "s"), ("grad_ms", "value+gradient (ms)", ".3f"),
-                          ("vs_closed_form", "/ closed form", ".1f"), ("compile_s", "compile (s)", ".1f"),
-                          ("value_diff", "|log p - closed form|", ".1e"), ("grad_rel_diff", "max grad diff (rel.)", ".1e")])]
+                          ("vs_closed_form", "/ closed form", ".2f"), *recorded_columns("vs_closed_form"),
+                          ("compile_s", "compile (s)", ".1f"),
+                          ("value_diff", "|log p - closed form|", ".1e"), ("grad_rel_diff", "max grad diff (rel.)", ".1e")]),
+            "", recorded_summary("reference gradient", grads, ["vs_closed_form"], lambda r: r["path"])]
     if not args.gradient_only:
         rows = []
         common = ["--chains", str(args.chains), "--warmup", str(args.warmup), "--draws", str(args.draws),
@@ -205,17 +214,24 @@ def main(argv=None) -> str:
                     done(row)
             else:
                 text += ["", "Stan rows skipped: pystan is not installed (pip install -e '.[bench]')."]
-        stan = {r["path"]: r["ess_per_s"] for r in rows if r["tool"] == "stan"}
+        ess_per_s = {r["path"]: r["ess_per_s"] for r in reversed(rows)}
+        ess_per_s["closed_form"] = next((r["ess_per_s"] for r in rows if r["path"].startswith("closed_form")), None)
         for r in rows:
-            r["vs_stan_ode"] = r["ess_per_s"] / stan["stan ode"] if "stan ode" in stan else float("nan")
-            r["vs_stan_closed"] = r["ess_per_s"] / stan["stan closed"] if "stan closed" in stan else float("nan")
+            for ref, key in (("stan ode", "vs_stan_ode"), ("stan closed", "vs_stan_closed"), ("closed_form", "vs_closed_form")):
+                r[key] = r["ess_per_s"] / ess_per_s[ref] if ess_per_s.get(ref) else float("nan")
             r.setdefault("chain_method", "4 processes")
+        keys = ["vs_stan_ode", "vs_stan_closed", "vs_closed_form"]
+        for key in keys:
+            against_recorded("reference NUTS ESS/s", rows, key, lambda r: r["path"], args.record)
         text += ["", f"### NUTS {args.chains} chains x ({args.warmup} warmup + {args.draws} draws), target accept 0.8", "",
                  table(rows, [("path", "path", "s"), ("chain_method", "chains", "s"), ("compile_s", "compile (s)", ".1f"),
                               ("sampling_s", "sampling (s)", ".1f"), ("min_ess_bulk", "min bulk ESS", ".0f"),
                               ("ess_per_s", "ESS/s", ".2f"), ("divergences", "divergences", "d"), ("max_rhat", "max R-hat", ".3f"),
-                              ("vs_stan_ode", "ESS/s / Stan ODE", ".1f"), ("vs_stan_closed", "ESS/s / Stan closed", ".1f"),
-                              ("peak_mib", "peak RSS (MiB)", ".0f")])]
+                              ("vs_stan_ode", "ESS/s / Stan ODE", ".1f"), *recorded_columns("vs_stan_ode"),
+                              ("vs_stan_closed", "ESS/s / Stan closed", ".1f"), *recorded_columns("vs_stan_closed"),
+                              ("vs_closed_form", "ESS/s / closed form", ".2f"), *recorded_columns("vs_closed_form"),
+                              ("peak_mib", "peak RSS (MiB)", ".0f")]),
+                 "", recorded_summary("reference NUTS ESS/s", rows, keys, lambda r: r["path"])]
     out = "\n".join(text)
     print(out)
     return out

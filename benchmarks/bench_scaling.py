@@ -3,6 +3,7 @@
     python -m benchmarks.bench_scaling                          # 100, 1000, 10000 subjects, reverse mode
     python -m benchmarks.bench_scaling --sizes 100 1000 --sensitivity reverse forward
     python -m benchmarks.bench_scaling --row N SENSITIVITY      # one row in this process
+    python -m benchmarks.bench_scaling --record                 # also write its ratios to recorded.json
 
 Model: ``BCMAModel(layers=3)`` (PK with SC depot, sBCMA sink (QE), trimers (QE), tumour, T cells,
 paraproteins: 10 states), teclistamab-like step-up 0.06 / 0.3 mg/kg on days 0 / 3, then 1.5
@@ -157,8 +158,8 @@ def _run_capped(n: int, sensitivity: str, cap_mib: float) -> dict:
     return row
 
 
-def main(sizes=(100, 1000, 10000), sensitivities=("reverse",), cap_mib: float = 12_000) -> str:
-    from ._common import header, table
+def main(sizes=(100, 1000, 10000), sensitivities=("reverse",), cap_mib: float = 12_000, record: bool = False) -> str:
+    from ._common import against_recorded, header, recorded_columns, recorded_summary, table
 
     rows = []
     for n in sizes:
@@ -172,16 +173,23 @@ def main(sizes=(100, 1000, 10000), sensitivities=("reverse",), cap_mib: float = 
     base = {r["sensitivity"]: r for r in rows if r["n"] == min(sizes)}
     for r in rows:
         r["vs_smallest"] = r["grad_s"] / base[r["sensitivity"]]["grad_s"] / (r["n"] / min(sizes))
+
+    def name(r):
+        return f"{r['n']} vs {min(sizes)} subjects, {r['sensitivity']}"
+
+    against_recorded("scaling", rows, "vs_smallest", name, record)
     text = ("## Scaling: BCMA model (layers 0-3, 10 states), one year of dosing, gradient of a log density\n\n"
             + header() + "\n\n" + table(rows, [
                 ("n", "subjects", "d"), ("sensitivity", "derivatives", "s"), ("batch", "batch", "d"),
                 ("grad_s", "gradient (s)", ".3f"),
                 ("per_subject_ms", "per subject (ms)", ".2f"), ("vs_smallest", "per-subject cost / smallest N", ".2f"),
+                *recorded_columns("vs_smallest"),
                 ("mean_steps", "solver steps / subject", ".0f"), ("compile_s", "compile (s)", ".1f"),
                 ("peak_mib", "peak RSS (MiB)", ".0f")]))
     notes = [f"- N={r['n']} ({r['sensitivity']}): not measured: {r['note']}" for r in rows if "note" in r]
     if notes:
         text += "\n\n" + "\n".join(notes)
+    text += "\n\n" + recorded_summary("scaling", rows, ["vs_smallest"], name)
     print(text)
     return text
 
@@ -193,4 +201,4 @@ if __name__ == "__main__":
         args = sys.argv[1:]
         sizes = [int(a) for a in args[args.index("--sizes") + 1:] if a.isdigit()] if "--sizes" in args else (100, 1000, 10000)
         sens = [a for a in args[args.index("--sensitivity") + 1:] if a in ("reverse", "forward")] if "--sensitivity" in args else ("reverse",)
-        main(sizes, sens)
+        main(sizes, sens, record="--record" in args)
