@@ -15,8 +15,9 @@ from pathlib import Path
 RECORDED = Path(__file__).with_name("recorded.json")
 """The ratios of benchmarks/RESULTS.md, by benchmark, ratio and row; ``--record`` rewrites a benchmark's."""
 TOLERANCE = 0.25
-"""A ratio further than this (relative) from its record is listed as moved: a shared 2-core machine's
-interleaved per-gradient ratios vary by about 15 % between runs (RESULTS.md section 1)."""
+"""A ratio further than this (relative) from its record is listed as moved: the same code's
+interleaved per-gradient ratios varied by up to about 20 % between runs on the shared 2-core
+machines (expm 1.33-1.6x the closed form, RESULTS.md section 1)."""
 
 
 def header() -> str:

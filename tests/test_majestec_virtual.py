@@ -48,11 +48,12 @@ def test_fixed_and_typical_only_parameters():
 def test_priors_override_the_estimated_defaults(tmp_path):
     """``[priors]`` replaces the prior of the keys it gives and leaves the rest as ``ESTIMATED``."""
     path = tmp_path / "priors.toml"
-    path.write_text("[priors]\ncl = {sd = 0.2, omega = 0.5}\nkg = {omega = 0.3}\n")
+    path.write_text("[priors]\ncl = {sd = 0.5, omega = 1.0}\nkg = {omega = 0.3}\n")  # cl: runs 1-8's
     config = mv.load_config(path)
     pop = mv.population(priors=config["priors"])
     cl, kg, vc = (pop.parameters[name] for name in ("cl", "kg", "vc"))
-    assert (float(cl.typical.sd), float(cl.iiv.scale)) == (0.2, 0.5)
+    assert mv.ESTIMATED["cl"] == (0.2, 0.50)  # science.md §2's MIAO23 prior, replaced here
+    assert (float(cl.typical.sd), float(cl.iiv.scale)) == (0.5, 1.0)
     assert (float(kg.typical.sd), float(kg.iiv.scale)) == (mv.ESTIMATED["kg"][0], 0.3)
     assert (float(vc.typical.sd), float(vc.iiv.scale)) == mv.ESTIMATED["vc"]
 

@@ -87,9 +87,10 @@ ESTIMATED = {
 }
 """Estimated parameters (unless ``[fit] fixed`` holds them). PK: science.md §2 L0's priors from
 MIAO23, typical values LogNormal with log-sd max(RSE, 0.2), IIV sds HalfNormal(published omega)
-(runs 1-8 of README.md had log-sd 0.5 and HalfNormal(1.0): ``[priors]`` restores them; cl2 is the
-early, decaying part of teclistamab's clearance); s0, m0 1.0 (population spread, science.md §3.2); e0, kg, kmax, k_exh from science.md L3 (E:T's
-1.5 narrowed to 1.0); tau50_n 1.0 around the calibrated value."""
+(runs 1-8 of README.md had log-sd 0.5 and HalfNormal(1.0): ``[priors]`` restores them; cl2 is
+the early, decaying part of teclistamab's clearance); s0, m0 1.0 (population spread, science.md
+§3.2); e0, kg, kmax, k_exh from science.md L3 (E:T's 1.5 narrowed to 1.0), their IIV sds
+HalfNormal(1.0) (none published); tau50_n 1.0 around the calibrated value."""
 
 INDIVIDUAL = ("s0", "et", "k_exh", "e0", "m0", "kmax", "kg", "cl", "cl2", "vc", "ka")
 """Patient-level quantities of the recovery table (``et`` = e0 / n0, the marrow E:T at baseline);
