@@ -214,13 +214,15 @@ def main(argv=None) -> str:
                     done(row)
             else:
                 text += ["", "Stan rows skipped: pystan is not installed (pip install -e '.[bench]')."]
-        ess_per_s = {r["path"]: r["ess_per_s"] for r in reversed(rows)}
-        ess_per_s["closed_form"] = next((r["ess_per_s"] for r in rows if r["path"].startswith("closed_form")), None)
+        # ESS/s of the first row of each reference (the closed form's label may carry " dense" or an init)
+        refs = {key: next((r["ess_per_s"] for r in rows if r["path"].startswith(prefix)), None)
+                for key, prefix in (("vs_stan_ode", "stan ode"), ("vs_stan_closed", "stan closed"),
+                                    ("vs_closed_form", "closed_form"))}
         for r in rows:
-            for ref, key in (("stan ode", "vs_stan_ode"), ("stan closed", "vs_stan_closed"), ("closed_form", "vs_closed_form")):
-                r[key] = r["ess_per_s"] / ess_per_s[ref] if ess_per_s.get(ref) else float("nan")
+            for key, ref in refs.items():
+                r[key] = r["ess_per_s"] / ref if ref else float("nan")
             r.setdefault("chain_method", "4 processes")
-        keys = ["vs_stan_ode", "vs_stan_closed", "vs_closed_form"]
+        keys = list(refs)
         for key in keys:
             against_recorded("reference NUTS ESS/s", rows, key, lambda r: r["path"], args.record)
         text += ["", f"### NUTS {args.chains} chains x ({args.warmup} warmup + {args.draws} draws), target accept 0.8", "",
