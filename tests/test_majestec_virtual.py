@@ -48,7 +48,7 @@ def test_fixed_and_typical_only_parameters():
 def test_priors_override_the_estimated_defaults(tmp_path):
     """``[priors]`` replaces the prior of the keys it gives and leaves the rest as ``ESTIMATED``."""
     path = tmp_path / "priors.toml"
-    path.write_text("[priors]\ncl = {sd = 0.5, omega = 1.0}\nkg = {omega = 0.3}\n")  # cl: runs 1-8's
+    path.write_text("[priors]\ncl = {sd = 0.5, iiv = 1.0}\nkg = {iiv = 0.3}\n")  # cl: runs 1-8's
     config = mv.load_config(path)
     pop = mv.population(priors=config["priors"])
     cl, kg, vc = (pop.parameters[name] for name in ("cl", "kg", "vc"))
@@ -71,10 +71,10 @@ def test_priors_override_the_estimated_defaults(tmp_path):
     ('[fit]\ninit = "median"\n', r"init = 'median'; expected one of \['laplace', 'pathfinder'"),
     ('[fit]\ncentred = ["s0", "tau50_n"]\n', r"centred = \['s0', 'tau50_n'\]; expected a list of parameters with a random"),
     ("[priors]\nchi = {sd = 0.2}\n", r"\[priors\] chi is not an estimated parameter"),
-    ("[priors]\ncl = 0.2\n", r"\[priors\] cl = 0.2; expected a table with keys sd and/or omega"),
-    ("[priors]\ncl = {sd = 0.2, scale = 1}\n", r"expected a table with keys sd and/or omega"),
-    ("[priors]\ncl = {omega = -0.5}\n", r"\[priors\] cl.omega = -0.5; expected a positive number"),
-    ("[priors]\ntau50_n = {omega = 0.5}\n", r"tau50_n has no random effect in the fitted model"),
+    ("[priors]\ncl = 0.2\n", r"\[priors\] cl = 0.2; expected a table with keys sd and/or iiv"),
+    ("[priors]\ncl = {sd = 0.2, scale = 1}\n", r"expected a table with keys sd and/or iiv"),
+    ("[priors]\ncl = {iiv = -0.5}\n", r"\[priors\] cl.iiv = -0.5; expected a positive number"),
+    ("[priors]\ntau50_n = {iiv = 0.5}\n", r"tau50_n has no random effect in the fitted model"),
 ])
 def test_config_errors_name_the_key(tmp_path, text, message):
     bad = tmp_path / "bad.toml"
@@ -137,9 +137,7 @@ def test_the_script_runs_end_to_end_on_a_tiny_trial(tmp_path):
     for name in ("trial.csv", "truth.csv", "fit.nc", "population_recovery.csv", "individual_recovery.csv",
                  "classification.csv", "results.json", "summary.md", "report/summary.md", "recovery.png"):
         assert (tmp_path / name).is_file(), name
-    fitted = mv.population(fixed=config["fit"]["fixed"], without_iiv=config["fit"]["without_iiv"],
-                           priors=config["priors"])
-    assert set(out["population"].parameter) == set(fitted.population_sites())
+    assert set(out["population"].parameter) == set(mv.fitted_population(config).population_sites())
     assert np.all(np.isfinite(out["individual"][["spearman", "coverage_90"]].to_numpy()))
 
 

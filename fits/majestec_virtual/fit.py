@@ -40,7 +40,7 @@ parameters it lists; tau50_n typical value only; one residual sd per output (two
 Priors of typical values: LogNormal around the drug's ``TYPICAL`` (tau50_n around the value the
 trial calibration found, ``CALIBRATION``; s0 and m0 around the population medians 90 ng/mL and
 20 g/L) with the log-sds of ``ESTIMATED``; the config's ``[priors]`` overrides any of them
-(``cl = {sd = 0.5, omega = 1.0}``). Known covariates (measured at
+(``cl = {sd = 0.5, iiv = 1.0}``, the keys of ``popkpd fit``'s ``[parameters]``). Known covariates (measured at
 baseline in a trial): weight and ISS on cl / vc / vp with MIAO23's fixed effects, bone-marrow
 tumour burden (``BURDEN``: n0 = n0_typ x BURDEN, from the marrow plasma-cell fraction) and
 membrane BCMA density (``BCMA_DENSITY``: r_b0, by flow cytometry). Not given to the fit: the true
@@ -166,21 +166,21 @@ def load_config(path: Path | None) -> dict:
 
 
 def _check_priors(path, priors: dict) -> dict:
-    """``[priors]``: ``name = {sd = ..., omega = ...}`` overrides ``ESTIMATED``'s prior of ``name``
-    (either key may be left out)."""
+    """``[priors]``: ``name = {sd = ..., iiv = ...}`` overrides ``ESTIMATED``'s prior of ``name``
+    (either key may be left out; the keys are those of ``popkpd fit``'s ``[parameters]`` tables)."""
     for name, given in priors.items():
         if name not in ESTIMATED:
             raise ValueError(f"{path}: [priors] {name} is not an estimated parameter; expected names from "
                              f"{sorted(ESTIMATED)}.")
-        if not isinstance(given, dict) or not given or not set(given) <= {"sd", "omega"}:
-            raise ValueError(f"{path}: [priors] {name} = {given!r}; expected a table with keys sd and/or omega, "
-                             f"e.g. {name} = {{sd = 0.2, omega = 0.5}} (log-sd of the typical value's LogNormal, "
+        if not isinstance(given, dict) or not given or not set(given) <= {"sd", "iiv"}:
+            raise ValueError(f"{path}: [priors] {name} = {given!r}; expected a table with keys sd and/or iiv, "
+                             f"e.g. {name} = {{sd = 0.2, iiv = 0.5}} (log-sd of the typical value's LogNormal, "
                              "HalfNormal scale of the random effect's sd).")
         for key, value in given.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{path}: [priors] {name}.{key} = {value!r}; expected a positive number.")
-        if "omega" in given and ESTIMATED[name][1] is None:
-            raise ValueError(f"{path}: [priors] {name}.omega: {name} has no random effect in the fitted model; "
+        if "iiv" in given and ESTIMATED[name][1] is None:
+            raise ValueError(f"{path}: [priors] {name}.iiv: {name} has no random effect in the fitted model; "
                              "give sd only.")
     return priors
 
@@ -216,7 +216,7 @@ def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, ce
     others non-centred; the parameters of ``fixed`` (of ``ESTIMATED``) are held at their
     prior's centre (the drug's typical or calibrated value) instead of estimated, and those of
     ``without_iiv`` keep an estimated typical value without a random effect. ``priors``
-    (``{name: {"sd": ..., "omega": ...}}``, the config's ``[priors]``) overrides ``ESTIMATED``."""
+    (``{name: {"sd": ..., "iiv": ...}}``, the config's ``[priors]``) overrides ``ESTIMATED``."""
     model = popkpd.BCMAModel(layers=3, clearance=teclistamab.MODEL.clearance)
     centre, effects = centres(), _covariate_effects()
     parameters = {}
@@ -225,7 +225,7 @@ def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, ce
         if name in ESTIMATED and name not in fixed:
             sd, omega = ESTIMATED[name]
             given = (priors or {}).get(name, {})
-            sd, omega = given.get("sd", sd), given.get("omega", omega)
+            sd, omega = given.get("sd", sd), given.get("iiv", omega)
             parameters[name] = popkpd.Parameter(popkpd.LogNormal(centre[name], sd),
                                                 iiv=None if omega is None or name in without_iiv
                                                 else popkpd.HalfNormal(omega),
@@ -273,11 +273,17 @@ def _results_config(config) -> dict | None:
     return config
 
 
+def fitted_population(config: dict) -> popkpd.PopulationModel:
+    """``population()`` as the config's ``[fit]`` and ``[priors]`` set it."""
+    fc = config["fit"]
+    return population(fc["rtol"], fc["atol"], int(fc["max_steps"]), centred=fc["centred"], fixed=fc["fixed"],
+                      without_iiv=fc["without_iiv"], priors=config["priors"])
+
+
 def fitted_data(config: dict, trial_csv: Path):
     """``(population, dataset, rows)``: the fitted model and the data cut of the trial in ``trial_csv``."""
-    fc, dc = config["fit"], config["data"]
-    pop = population(fc["rtol"], fc["atol"], int(fc["max_steps"]), fc["centred"], fc["fixed"], fc["without_iiv"],
-                     config["priors"])
+    dc = config["data"]
+    pop = fitted_population(config)
     frame = trial_data(pd.read_csv(trial_csv), float(dc["until"]), dc["dvid"])
     dataset = popkpd.read_nonmem(frame, pop.structural, covariates=COVARIATES,
                                  dvid_outputs={k: DVID_OUTPUTS[k] for k in dc["dvid"]})
