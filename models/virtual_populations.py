@@ -54,7 +54,10 @@ k_exh 0.7, k_rec 0.7 (prior sds, models/_common.py), emax_il6 1.0 [E].
 Measurement (``errors``, ``lloq``): drug log-normal 0.417 (tec, MIAO23 [S3]) / 0.42 (elra total
 drug, HIBMA26 [S3]), LLOQ 0.1 nM [E]; total sBCMA log-normal 0.347 (HIBMA26 [S3]), LLOQ 0.05 nM [E];
 M-protein additive 0.5 g/L + proportional 10 % [E], LLOQ 1 g/L (electrophoresis) [E]; T cells
-log-normal 0.3 [E]; IL-6 log-normal 0.4 [E], LLOQ 1 pg/mL [E].
+log-normal 0.3 [E]; IL-6 log-normal 0.4 [E], LLOQ 1 pg/mL [E]. Baseline marrow T cells
+(``baseline_errors``; dataset column T_MARROW_MEASURED beside the true T_MARROW): flow cytometry of
+a marrow aspirate, log-normal 0.4 [E] (aspirate haemodilution and gating; the fit of
+fits/majestec_virtual may use it as the patients' measured E0).
 
 CRS: P(CRS in a dosing interval) = expit(a0 + 1.3 ln IL-6 peak + 1.1 [high burden]) (slopes:
 science.md L5 prior means [E]); high burden = M-protein >= 50 g/L or burden >= 2.7 (HIBMA26's
@@ -172,6 +175,9 @@ def _errors(drug_sd):
     }
 
 
+BASELINE_ERRORS = {"t_marrow": 0.4}
+"""Log-sd of the baseline covariates measured with error (module docstring, "Measurement")."""
+
 LLOQ = {"conc": 0.1, "sbcma_total": 0.05, "m_protein": 1.0, "il6": 1.0}
 
 
@@ -187,7 +193,7 @@ def designs(calibration=None) -> dict:
             link=lambda c, e, t: teclistamab_link(c, e, t, tec_med),
             n_patients=165, horizon=HORIZON, errors=_errors(0.417), lloq=LLOQ,
             crs_coefs=(cal["majestec1"]["crs_a0"], *CRS_SLOPES), high_burden=high_burden,
-            mw_kda=teclistamab.MW_KDA, sbcma_threshold=400.0,
+            mw_kda=teclistamab.MW_KDA, sbcma_threshold=400.0, baseline_errors=BASELINE_ERRORS,
         ),
         "magnetismm3": TrialDesign(
             name="MagnetisMM-3-like (elranatamab, cohort A)", model=elranatamab.MODEL, typical=elranatamab.TYPICAL,
@@ -196,7 +202,7 @@ def designs(calibration=None) -> dict:
             link=lambda c, e, t: elranatamab_link(c, e, t, elra_med),
             n_patients=123, horizon=HORIZON, errors=_errors(0.42), lloq=LLOQ,
             crs_coefs=(cal["magnetismm3"]["crs_a0"], *CRS_SLOPES), high_burden=high_burden,
-            mw_kda=elranatamab.MW_KDA, sbcma_threshold=100.0,
+            mw_kda=elranatamab.MW_KDA, sbcma_threshold=100.0, baseline_errors=BASELINE_ERRORS,
         ),
     }
 

@@ -64,6 +64,7 @@ def test_priors_override_the_estimated_defaults(tmp_path):
     ("[data]\ndvid = [1, 5]\n", r"dvid has \[5\]"),
     ('[fit]\nprocesses = "yes"\n', r"processes = 'yes'; expected true, false or \"auto\""),
     ('[fit]\ndense_mass = "yes"\n', r"dense_mass = 'yes'; expected true or false"),
+    ("[data]\nmarrow_t_cells = 1\n", r"marrow_t_cells = 1; expected true"),
     ('[fit]\nfixed = ["chi"]\n', r"fixed = \['chi'\]; expected a list of estimated parameters"),
     ('[fit]\nfixed = ["s0"]\ncentred = ["s0"]\n', r"\['s0'\] both centred and fixed"),
     ('[fit]\nwithout_iiv = ["tau50_n"]\n', r"without_iiv = \['tau50_n'\]; expected a list of parameters with a random"),
@@ -93,6 +94,24 @@ def test_every_estimated_population_site_has_a_true_value():
     assert truth["cl_pop"] == pytest.approx(mv.teclistamab.TYPICAL["cl"])
     assert truth["tau50_n_pop"] == pytest.approx(mv.teclistamab.TYPICAL["tau50_n"] * 301.0)
     assert truth["omega_s0"] == design.population.covariates["sbcma"].log_sd
+
+
+def test_measured_marrow_t_cells_make_e0s_random_effect_the_measurement_error():
+    """With ``[data] marrow_t_cells`` e0 = e0_pop x T_MARROW_MEASURED x exp(eta): the trial's
+    e0 = E0_typ x T_MARROW and T_MARROW_MEASURED = T_MARROW x exp(0.4 z), so e0_pop's true value
+    stays E0_typ and omega_e0's is the measurement's log-sd; the other sites are unchanged."""
+    design = mv.virtual_populations.DESIGNS["majestec1"]
+    with_marrow, without = mv.population(marrow_t_cells=True), mv.population()
+    (effect,) = with_marrow.parameters["e0"].covariates
+    assert isinstance(effect, mv.popkpd.Power) and effect.covariate == "T_MARROW_MEASURED"
+    assert effect.reference == 1.0 and float(effect.prior.value) == 1.0
+    assert without.parameters["e0"].covariates == ()
+    assert set(with_marrow.population_sites()) == set(without.population_sites())
+    truth, truth_without = mv.population_truth(design, marrow_t_cells=True), mv.population_truth(design)
+    assert truth["omega_e0"] == design.baseline_errors["t_marrow"] == 0.4
+    assert truth_without["omega_e0"] == design.population.covariates["t_marrow"].log_sd == 0.7
+    assert {k: v for k, v in truth.items() if k != "omega_e0"} == {
+        k: v for k, v in truth_without.items() if k != "omega_e0"}
 
 
 def test_data_cut_keeps_doses_and_fitted_outputs_up_to_the_cut():

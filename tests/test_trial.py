@@ -132,6 +132,8 @@ def test_sample_population_rejects_a_bad_size():
     (lambda d: dict(errors={k: v for k, v in d.errors.items() if k != "il6"}), r"\['il6'\] are sampled"),
     (lambda d: dict(errors={**d.errors, "conc": popkpd.LogNormalError(popkpd.HalfNormal(0.5))}), "Fixed sigmas"),
     (lambda d: dict(crs_coefs=(1.0, 2.0)), "received crs_coefs"),
+    (lambda d: dict(baseline_errors={"marrow_t": 0.4}), r"baseline_errors\['marrow_t'\] = 0.4; expected a covariate"),
+    (lambda d: dict(baseline_errors={"t_marrow": 0.0}), r"baseline_errors\['t_marrow'\] = 0.0; expected a covariate"),
     (lambda d: dict(regimen=popkpd.Regimen.at([0.0, 3.0], teclistamab.REGIMEN.phases[0].dose)),
      "expected at least 4"),
 ])
@@ -238,6 +240,26 @@ def test_measurement_noise_follows_the_error_models(trial, design):
     assert m > 150
     assert abs(z.mean()) < 4 / math.sqrt(m)
     assert stats.chi2.ppf(0.0005, m) < np.sum(z**2) < stats.chi2.ppf(0.9995, m)
+
+
+def test_baseline_measurements_are_lognormal_around_the_truth_and_leave_the_dvs_alone(trial, design):
+    """``T_MARROW_MEASURED`` = T_MARROW x exp(0.4 z), one value per patient (400 patients, the
+    trial's truth grid with constant outputs): z has mean 0 and variance 1 (Monte-Carlo limits),
+    and the DVs are those of the same design without the measurement (drawn after them)."""
+    n = 400
+    cov, _ = sample_population(design.population, n, seed=7)
+    outputs = {out: np.ones((n, trial.times.size)) for out in design.model.outputs}
+    table = to_dataset(design, cov, trial.times, outputs, np.random.default_rng(1))
+    sd = design.baseline_errors["t_marrow"]
+    assert sd == 0.4
+    per_patient = table.groupby("ID")
+    assert (per_patient["T_MARROW_MEASURED"].nunique() == 1).all()
+    z = np.log(per_patient["T_MARROW_MEASURED"].first() / per_patient["T_MARROW"].first()).to_numpy() / sd
+    assert abs(z.mean()) < 4 / math.sqrt(n)
+    assert stats.chi2.ppf(0.0005, n) < np.sum(z**2) < stats.chi2.ppf(0.9995, n)
+    without = to_dataset(design.replace(baseline_errors={}), cov, trial.times, outputs, np.random.default_rng(1))
+    assert "T_MARROW_MEASURED" not in without
+    pd.testing.assert_frame_equal(without, table.drop(columns="T_MARROW_MEASURED"))
 
 
 # --------------------------------------------------------------------------- summaries

@@ -43,8 +43,11 @@ trial calibration found, ``CALIBRATION``; s0 and m0 around the population median
 (``cl = {sd = 0.5, iiv = 1.0}``, the keys of ``popkpd fit``'s ``[parameters]``). Known covariates (measured at
 baseline in a trial): weight and ISS on cl / vc / vp with MIAO23's fixed effects, bone-marrow
 tumour burden (``BURDEN``: n0 = n0_typ x BURDEN, from the marrow plasma-cell fraction) and
-membrane BCMA density (``BCMA_DENSITY``: r_b0, by flow cytometry). Not given to the fit: the true
-sBCMA, M-protein and marrow T cells of the dataset's covariate columns.
+membrane BCMA density (``BCMA_DENSITY``: r_b0, by flow cytometry); with ``[data] marrow_t_cells``
+also the marrow T cells as measured by flow cytometry with error (``T_MARROW_MEASURED``, log-sd 0.4:
+e0 = e0_pop x T_MARROW_MEASURED x exp(eta), so that eta is the measurement error; the dataset's
+DVID 4 T cells are relative to each patient's baseline and carry nothing on e0's level). Not given
+to the fit: the true sBCMA, M-protein and marrow T cells of the dataset's covariate columns.
 
 Not modelled by the fit, although the trial has them (misspecification, as in every real fit):
 IIV on cl2 (when held fixed), chi, tau50_n and k_rec (log-sds 0.84, 1.0, 1.0, 0.7), absorbed by
@@ -76,7 +79,7 @@ from popkpd._trial import simulate_trial  # noqa: E402
 from popkpd._trial.summary import responses  # noqa: E402
 
 DVID_OUTPUTS = {1: "conc", 2: "sbcma_total", 3: "m_protein", 4: "t_cells"}
-COVARIATES = ["WEIGHT", "ISS", "BURDEN", "BCMA_DENSITY"]
+COVARIATES = ["WEIGHT", "ISS", "BURDEN", "BCMA_DENSITY", "T_MARROW_MEASURED"]
 
 ESTIMATED = {
     # name: (log-sd of the LogNormal prior of the typical value, HalfNormal scale of omega or None)
@@ -98,7 +101,7 @@ those the fit gives one value for every patient (``[fit] fixed``, ``without_iiv`
 
 DEFAULTS = {
     "trial": {"design": "majestec1", "patients": 24, "seed": 11},
-    "data": {"until": 56.0, "dvid": [1, 2, 3, 4]},
+    "data": {"until": 56.0, "dvid": [1, 2, 3, 4], "marrow_t_cells": False},
     "fit": {"method": "nuts", "chains": 2, "warmup": 400, "draws": 200, "max_tree_depth": 7,
             "target_accept": 0.9, "seed": 0, "rtol": 1e-4, "atol": 1e-7, "max_steps": 4096, "processes": "auto",
             "centred": ["s0", "m0"], "dense_mass": True, "init": "pathfinder", "fixed": ["tau50_n"],
@@ -133,6 +136,9 @@ def load_config(path: Path | None) -> dict:
     if bad:
         raise ValueError(f"{path}: [data] dvid has {bad}; expected a subset of {sorted(DVID_OUTPUTS)} "
                          f"({DVID_OUTPUTS}).")
+    if not isinstance(config["data"]["marrow_t_cells"], bool):
+        raise ValueError(f"{path}: [data] marrow_t_cells = {config['data']['marrow_t_cells']!r}; expected true (the "
+                         "baseline marrow T-cell measurement informs e0) or false.")
     processes = config["fit"]["processes"]
     if not (isinstance(processes, bool) or processes == "auto"):
         raise ValueError(f"{path}: [fit] processes = {processes!r}; expected true, false or \"auto\" (one process "
@@ -196,9 +202,10 @@ def centres() -> dict:
     return out
 
 
-def _covariate_effects() -> dict:
+def _covariate_effects(marrow_t_cells: bool = False) -> dict:
     p = popkpd
-    return {
+    marrow = {"e0": [p.Power("T_MARROW_MEASURED", 1.0, p.Fixed(1.0))]} if marrow_t_cells else {}
+    return marrow | {
         "cl": [p.Power("WEIGHT", 74.0, p.Fixed(0.704)),
                p.Categorical("ISS", p.Fixed(1.31), equals=2, label="iss2"),
                p.Categorical("ISS", p.Fixed(1.67), equals=3, label="iss3")],
@@ -210,15 +217,18 @@ def _covariate_effects() -> dict:
 
 
 def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, centred=(),
-               fixed=(), without_iiv=(), priors=None) -> popkpd.PopulationModel:
+               fixed=(), without_iiv=(), priors=None, marrow_t_cells=False) -> popkpd.PopulationModel:
     """The fitted population model (module docstring, "The identifiable configuration"); the
     random effects of ``centred`` are sampled centred (``PopulationModel(centered=...)``), the
     others non-centred; the parameters of ``fixed`` (of ``ESTIMATED``) are held at their
     prior's centre (the drug's typical or calibrated value) instead of estimated, and those of
     ``without_iiv`` keep an estimated typical value without a random effect. ``priors``
-    (``{name: {"sd": ..., "iiv": ...}}``, the config's ``[priors]``) overrides ``ESTIMATED``."""
+    (``{name: {"sd": ..., "iiv": ...}}``, the config's ``[priors]``) overrides ``ESTIMATED``.
+    ``marrow_t_cells``: e0 proportional to the patient's measured baseline marrow T cells
+    (``T_MARROW_MEASURED``, exponent fixed at 1), so that e0's random effect is the measurement's
+    error (the config's ``[data] marrow_t_cells``)."""
     model = popkpd.BCMAModel(layers=3, clearance=teclistamab.MODEL.clearance)
-    centre, effects = centres(), _covariate_effects()
+    centre, effects = centres(), _covariate_effects(marrow_t_cells)
     parameters = {}
     for name in model.parameters:
         covariates = effects.get(name, ())
@@ -242,14 +252,17 @@ def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, ce
                                   ode_options={"rtol": rtol, "atol": atol, "max_steps": max_steps})
 
 
-def population_truth(design) -> dict:
+def population_truth(design, marrow_t_cells: bool = False) -> dict:
     """The values the trial was simulated with, under the fitted model's site names: typical
     values (the trial's population medians at the reference covariates), omegas (the trial's
-    log-sds) and residual sds."""
+    log-sds) and residual sds. With ``marrow_t_cells`` e0 = E0_typ x measured marrow T cells x
+    exp(eta), and the trial's measured value is the true one times exp(sd z), so omega_e0's true
+    value is the measurement's log-sd."""
     centre = centres()
     covs = design.population.covariates
     omega = dict(design.population.iiv)
-    omega.update(s0=covs["sbcma"].log_sd, m0=covs["m0"].log_sd, e0=covs["t_marrow"].log_sd)
+    omega.update(s0=covs["sbcma"].log_sd, m0=covs["m0"].log_sd,
+                 e0=design.baseline_errors["t_marrow"] if marrow_t_cells else covs["t_marrow"].log_sd)
     truth = {f"{name}_pop": centre[name] for name in ESTIMATED}
     truth.update({f"omega_{name}": omega[name] for name, (_, w) in ESTIMATED.items() if w is not None})
     for output in DVID_OUTPUTS.values():
@@ -274,10 +287,11 @@ def _results_config(config) -> dict | None:
 
 
 def fitted_population(config: dict) -> popkpd.PopulationModel:
-    """``population()`` as the config's ``[fit]`` and ``[priors]`` set it."""
+    """``population()`` as the config's ``[fit]``, ``[priors]`` and ``[data] marrow_t_cells`` set it."""
     fc = config["fit"]
     return population(fc["rtol"], fc["atol"], int(fc["max_steps"]), centred=fc["centred"], fixed=fc["fixed"],
-                      without_iiv=fc["without_iiv"], priors=config["priors"])
+                      without_iiv=fc["without_iiv"], priors=config["priors"],
+                      marrow_t_cells=config["data"]["marrow_t_cells"])
 
 
 def fitted_data(config: dict, trial_csv: Path):
@@ -569,7 +583,7 @@ def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = Fa
 
     step("recovery and early-data classification")
     t1 = time.perf_counter()
-    truth = population_truth(design)
+    truth = population_truth(design, config["data"]["marrow_t_cells"])
     pop_table = population_recovery(fit, pop, truth)
     ind_table = individual_recovery(fit, trial.params, dataset.ids)
     label = np.asarray(responses(trial).best)[np.asarray(dataset.ids) - 1] >= category_index("PR")

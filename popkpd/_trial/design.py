@@ -78,6 +78,9 @@ class TrialDesign:
         ``standard_sampling`` of the regimen's doses.
     errors: output name -> residual error model with ``Fixed`` sigmas (measurement noise).
     lloq: output name -> lower limit of quantification (output unit); absent = no BLQ.
+    baseline_errors: covariate -> log-sd of its baseline measurement (log-normal, unbiased on the
+        log scale); the dataset gets a column ``{COVARIATE}_MEASURED`` with the measured value
+        beside the true one (e.g. marrow T cells by flow cytometry: ``{"t_marrow": 0.4}``).
     crs_coefs: (a0, a1, a2) of ``crs_probability`` on ln(serum IL-6 peak per dosing interval).
     high_burden: ``high_burden(covariates) -> [n] bool`` (the CRS model's high tumour burden).
     assessments: IMWG assessment visits [day]; default every 28 days from day 28.
@@ -99,6 +102,7 @@ class TrialDesign:
     mw_kda: float
     sbcma_threshold: float
     lloq: dict = dataclasses.field(default_factory=dict)
+    baseline_errors: dict = dataclasses.field(default_factory=dict)
     sampling: dict | None = None
     assessments: tuple | None = None
 
@@ -124,6 +128,12 @@ class TrialDesign:
                     isinstance(p, Fixed) for p in err.priors(out).values()):
                 raise ValueError(f"TrialDesign {self.name!r}: errors[{out!r}] = {err!r}; expected a residual error "
                                  "model with Fixed sigmas, e.g. popkpd.LogNormalError(popkpd.Fixed(0.3)).")
+        for name, sd in self.baseline_errors.items():
+            if name not in self.population.covariates or isinstance(sd, bool) or not isinstance(sd, (int, float)) \
+                    or not sd > 0:
+                raise ValueError(f"TrialDesign {self.name!r}: received baseline_errors[{name!r}] = {sd!r}; expected "
+                                 f"a covariate of the population ({sorted(self.population.covariates)}) with a "
+                                 "log-sd > 0 of its measurement, e.g. baseline_errors={'t_marrow': 0.4}.")
         if len(tuple(self.crs_coefs)) != 3:
             raise ValueError(f"TrialDesign {self.name!r}: received crs_coefs={self.crs_coefs!r}; expected "
                              "(a0, a1, a2) = (intercept, slope on ln IL-6 peak, high-burden effect).")
@@ -251,8 +261,10 @@ def to_dataset(design: TrialDesign, covariates: pd.DataFrame, times: np.ndarray,
     Columns: ID, TIME (day), DV, AMT (nmol), EVID (1 dose, 0 observation), CMT (dose: 1-based
     state; observation: 0), MDV, RATE, DVID (``DVID_OUTPUTS``; 0 on doses), CENS (1 = below the
     LLOQ, DV then holds the LLOQ), then the baseline covariates of the population (one column per
-    covariate, upper case). An observation at a dose time is listed before the dose (pre-dose).
-    DV = the noise-free value at the sampling time with noise from ``design.errors``.
+    covariate, upper case: the true values), then ``{COVARIATE}_MEASURED`` for each covariate of
+    ``design.baseline_errors``: the true value times exp(sd z), drawn after all DVs (so a design
+    without them gives the same DVs). An observation at a dose time is listed before the dose
+    (pre-dose). DV = the noise-free value at the sampling time with noise from ``design.errors``.
     """
     model = design.model
     sampling = design.sampling_times()
@@ -289,5 +301,8 @@ def to_dataset(design: TrialDesign, covariates: pd.DataFrame, times: np.ndarray,
             block[name.upper()] = covariates[name].iloc[i]
         blocks.append(block)
     table = pd.concat(blocks, ignore_index=True)
+    for name, sd in design.baseline_errors.items():
+        measured = covariates[name].to_numpy(dtype=float) * np.exp(sd * rng.standard_normal(len(covariates)))
+        table[f"{name.upper()}_MEASURED"] = table["ID"].map(dict(zip(covariates["ID"].astype(int), measured)))
     order = ["ID", "TIME", "DV", "AMT", "EVID", "CMT", "MDV", "RATE", "DVID", "CENS"]
     return table[order + [c for c in table.columns if c not in order]]
