@@ -64,7 +64,9 @@ def test_priors_override_the_estimated_defaults(tmp_path):
     ("[data]\ndvid = [1, 5]\n", r"dvid has \[5\]"),
     ('[fit]\nprocesses = "yes"\n', r"processes = 'yes'; expected true, false or \"auto\""),
     ('[fit]\ndense_mass = "yes"\n', r"dense_mass = 'yes'; expected true or false"),
-    ("[data]\nmarrow_t_cells = 1\n", r"marrow_t_cells = 1; expected true"),
+    ("[data]\nmarrow_t_cells = -0.4\n", r"marrow_t_cells = -0.4; expected false, true"),
+    ('[data]\nmarrow_t_cells = "yes"\n', r"marrow_t_cells = 'yes'; expected false, true"),
+    ('[data]\nmarrow_t_cells = 0.4\n[fit]\nwithout_iiv = ["e0"]\n', r"fixes e0's IIV .* but \[fit\] without_iiv"),
     ('[fit]\nfixed = ["chi"]\n', r"fixed = \['chi'\]; expected a list of estimated parameters"),
     ('[fit]\nfixed = ["s0"]\ncentred = ["s0"]\n', r"\['s0'\] both centred and fixed"),
     ('[fit]\nwithout_iiv = ["tau50_n"]\n', r"without_iiv = \['tau50_n'\]; expected a list of parameters with a random"),
@@ -99,7 +101,8 @@ def test_every_estimated_population_site_has_a_true_value():
 def test_measured_marrow_t_cells_make_e0s_random_effect_the_measurement_error():
     """With ``[data] marrow_t_cells`` e0 = e0_pop x T_MARROW_MEASURED x exp(eta): the trial's
     e0 = E0_typ x T_MARROW and T_MARROW_MEASURED = T_MARROW x exp(0.4 z), so e0_pop's true value
-    stays E0_typ and omega_e0's is the measurement's log-sd; the other sites are unchanged."""
+    stays E0_typ and omega_e0's is the measurement's log-sd; the other sites are unchanged. A number
+    fixes omega_e0 at it (the assay's log-sd)."""
     design = mv.virtual_populations.DESIGNS["majestec1"]
     with_marrow, without = mv.population(marrow_t_cells=True), mv.population()
     (effect,) = with_marrow.parameters["e0"].covariates
@@ -109,6 +112,10 @@ def test_measured_marrow_t_cells_make_e0s_random_effect_the_measurement_error():
     assert set(with_marrow.population_sites()) == set(without.population_sites())
     truth, truth_without = mv.population_truth(design, marrow_t_cells=True), mv.population_truth(design)
     assert truth["omega_e0"] == design.baseline_errors["t_marrow"] == 0.4
+    known = mv.population(marrow_t_cells=0.4)
+    assert known.parameters["e0"].covariates == with_marrow.parameters["e0"].covariates
+    assert isinstance(known.parameters["e0"].iiv, mv.popkpd.Fixed) and float(known.parameters["e0"].iiv.value) == 0.4
+    assert set(known.population_sites()) == set(with_marrow.population_sites()) - {"omega_e0"}
     assert truth_without["omega_e0"] == design.population.covariates["t_marrow"].log_sd == 0.7
     assert {k: v for k, v in truth.items() if k != "omega_e0"} == {
         k: v for k, v in truth_without.items() if k != "omega_e0"}

@@ -21,7 +21,8 @@ Steps (README.md in this folder states the decisions and the measured results):
    response >= PR over the trial's 12 months), predicted from the fit: for ``[classify] draws``
    posterior draws, the patient's parameters simulated to month 12 and assessed monthly
    (``imwg_response``). Compared by ROC AUC (95 % bootstrap interval) with baseline sBCMA alone
-   (the measured baseline; lower predicts response) and with the week-8 M-protein ratio alone;
+   (the measured baseline; lower predicts response), with the measured baseline marrow E:T alone
+   (``T_MARROW_MEASURED / BURDEN``; higher predicts response) and with the week-8 M-protein ratio alone;
    the truth is the trial's response from its noise-free M-protein (``classification.csv``).
 5. ``summary.md``: all of the above with the run times; ``recovery.png``: true vs estimated s0,
    E:T and k_exh per patient, and the ROC curves.
@@ -136,9 +137,14 @@ def load_config(path: Path | None) -> dict:
     if bad:
         raise ValueError(f"{path}: [data] dvid has {bad}; expected a subset of {sorted(DVID_OUTPUTS)} "
                          f"({DVID_OUTPUTS}).")
-    if not isinstance(config["data"]["marrow_t_cells"], bool):
-        raise ValueError(f"{path}: [data] marrow_t_cells = {config['data']['marrow_t_cells']!r}; expected true (the "
-                         "baseline marrow T-cell measurement informs e0) or false.")
+    marrow = config["data"]["marrow_t_cells"]
+    if not (isinstance(marrow, bool) or (isinstance(marrow, (int, float)) and marrow > 0)):
+        raise ValueError(f"{path}: [data] marrow_t_cells = {marrow!r}; expected false, true (the baseline marrow "
+                         "T-cell measurement informs e0, whose IIV is estimated) or the measurement's log-sd > 0 "
+                         "(e0's IIV fixed at it), e.g. 0.4.")
+    if not isinstance(marrow, bool) and "e0" in config["fit"]["without_iiv"] + config["fit"]["fixed"]:
+        raise ValueError(f"{path}: [data] marrow_t_cells = {marrow!r} fixes e0's IIV at the measurement's log-sd, "
+                         "but [fit] without_iiv or fixed lists e0. Remove e0 there, or set marrow_t_cells = true.")
     processes = config["fit"]["processes"]
     if not (isinstance(processes, bool) or processes == "auto"):
         raise ValueError(f"{path}: [fit] processes = {processes!r}; expected true, false or \"auto\" (one process "
@@ -202,7 +208,7 @@ def centres() -> dict:
     return out
 
 
-def _covariate_effects(marrow_t_cells: bool = False) -> dict:
+def _covariate_effects(marrow_t_cells: bool | float = False) -> dict:
     p = popkpd
     marrow = {"e0": [p.Power("T_MARROW_MEASURED", 1.0, p.Fixed(1.0))]} if marrow_t_cells else {}
     return marrow | {
@@ -224,9 +230,10 @@ def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, ce
     prior's centre (the drug's typical or calibrated value) instead of estimated, and those of
     ``without_iiv`` keep an estimated typical value without a random effect. ``priors``
     (``{name: {"sd": ..., "iiv": ...}}``, the config's ``[priors]``) overrides ``ESTIMATED``.
-    ``marrow_t_cells``: e0 proportional to the patient's measured baseline marrow T cells
-    (``T_MARROW_MEASURED``, exponent fixed at 1), so that e0's random effect is the measurement's
-    error (the config's ``[data] marrow_t_cells``)."""
+    ``marrow_t_cells`` (the config's ``[data] marrow_t_cells``): true makes e0 proportional to the
+    patient's measured baseline marrow T cells (``T_MARROW_MEASURED``, exponent fixed at 1), so
+    that e0's random effect is the measurement's error; a number does the same with that random
+    effect's sd fixed at the number (the assay's log-sd, known from its validation)."""
     model = popkpd.BCMAModel(layers=3, clearance=teclistamab.MODEL.clearance)
     centre, effects = centres(), _covariate_effects(marrow_t_cells)
     parameters = {}
@@ -236,10 +243,10 @@ def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, ce
             sd, omega = ESTIMATED[name]
             given = (priors or {}).get(name, {})
             sd, omega = given.get("sd", sd), given.get("iiv", omega)
-            parameters[name] = popkpd.Parameter(popkpd.LogNormal(centre[name], sd),
-                                                iiv=None if omega is None or name in without_iiv
-                                                else popkpd.HalfNormal(omega),
-                                                covariates=covariates)
+            iiv = None if omega is None or name in without_iiv else popkpd.HalfNormal(omega)
+            if name == "e0" and not isinstance(marrow_t_cells, bool):
+                iiv = popkpd.Fixed(float(marrow_t_cells))  # the measurement's known log-sd
+            parameters[name] = popkpd.Parameter(popkpd.LogNormal(centre[name], sd), iiv=iiv, covariates=covariates)
         else:
             parameters[name] = popkpd.Parameter(popkpd.Fixed(centre[name]), covariates=covariates)
     error = {
@@ -252,7 +259,7 @@ def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, ce
                                   ode_options={"rtol": rtol, "atol": atol, "max_steps": max_steps})
 
 
-def population_truth(design, marrow_t_cells: bool = False) -> dict:
+def population_truth(design, marrow_t_cells: bool | float = False) -> dict:
     """The values the trial was simulated with, under the fitted model's site names: typical
     values (the trial's population medians at the reference covariates), omegas (the trial's
     log-sds) and residual sds. With ``marrow_t_cells`` e0 = E0_typ x measured marrow T cells x
@@ -590,7 +597,10 @@ def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = Fa
     p_model = predicted_response(fit, pop, dataset, design, int(config["classify"]["draws"]))
     sbcma0 = observed_at(trial.dataset, 2, 0.0, dataset.ids)
     week8 = observed_at(trial.dataset, 3, 56.0, dataset.ids) / observed_at(trial.dataset, 3, 0.0, dataset.ids)
-    scores = {"baseline sBCMA (lower = response)": -sbcma0, "fitted model P(>= PR)": p_model}
+    baseline = trial.dataset.groupby("ID").first().loc[list(dataset.ids)]
+    et_measured = (baseline["T_MARROW_MEASURED"] / baseline["BURDEN"]).to_numpy()
+    scores = {"baseline sBCMA (lower = response)": -sbcma0, "fitted model P(>= PR)": p_model,
+              "measured baseline E:T (higher = response)": et_measured}
     if float(dc["until"]) >= 56.0 and np.all(np.isfinite(week8)):
         scores["week-8 M-protein ratio (lower = response)"] = -week8
     both = 0 < label.sum() < label.size  # an AUC needs responders and non-responders
@@ -601,7 +611,8 @@ def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = Fa
     pop_table.to_csv(out / "population_recovery.csv", index=False)
     ind_table.to_csv(out / "individual_recovery.csv", index=False)
     pd.DataFrame({"ID": dataset.ids, "responder": label, "p_model": p_model, "sbcma0_nM": sbcma0,
-                  "m_protein_ratio_week8": week8}).to_csv(out / "classification.csv", index=False)
+                  "et_measured": et_measured, "m_protein_ratio_week8": week8}).to_csv(out / "classification.csv",
+                                                                                      index=False)
 
     conv = fit.convergence(pop.population_sites(), loo=False)
     summary = {"timing_s": timing, "fit_timing_s": fit.metadata.get("timing_s", {}),
