@@ -597,7 +597,7 @@ def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = Fa
     p_model = predicted_response(fit, pop, dataset, design, int(config["classify"]["draws"]))
     sbcma0 = observed_at(trial.dataset, 2, 0.0, dataset.ids)
     week8 = observed_at(trial.dataset, 3, 56.0, dataset.ids) / observed_at(trial.dataset, 3, 0.0, dataset.ids)
-    baseline = trial.dataset.groupby("ID").first().loc[list(dataset.ids)]
+    baseline = dataset.baseline_covariates()  # the fit's subjects in order
     et_measured = (baseline["T_MARROW_MEASURED"] / baseline["BURDEN"]).to_numpy()
     scores = {"baseline sBCMA (lower = response)": -sbcma0, "fitted model P(>= PR)": p_model,
               "measured baseline E:T (higher = response)": et_measured}
