@@ -4,6 +4,7 @@ One small NUTS fit (6 subjects, 2 chains) is shared by the tests of a module-sco
 Laplace machinery is checked against a conjugate Gaussian model whose posterior is known exactly.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -468,6 +469,11 @@ def test_merge_chains_concatenates_single_chain_fits_in_order():
     other = fit(pm, events, chains=1, warmup=100, draws=150, init="prior_median", seed=3, progress_bar=False)
     with pytest.raises(ValueError, match="fit 1 has draws=150"):
         popkpd.merge_chains([a, other])
+    renamed = popkpd.Fit(b.tree.copy(), json.loads(json.dumps(b.metadata)), population=b.population)
+    renamed.metadata["sampler"]["seed"] = 5
+    renamed.tree["posterior"] = xr.DataTree(dataset=b.tree["posterior"].to_dataset().rename_vars({"a_pop": "z_a"}))
+    with pytest.raises(ValueError, match=r"fit 1 and fit 0 differ in the posterior variables \['a_pop', 'z_a'\]"):
+        popkpd.merge_chains([a, renamed])  # e.g. centred effects sampled before and after z_<param>
     laplace = fit(pm, events, method="laplace", draws=10, seed=4)
     with pytest.raises(ValueError, match="Laplace draws are not chains"):
         popkpd.merge_chains([a, laplace])

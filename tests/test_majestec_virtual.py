@@ -121,6 +121,52 @@ def test_measured_marrow_t_cells_make_e0s_random_effect_the_measurement_error():
         k: v for k, v in truth_without.items() if k != "omega_e0"}
 
 
+def test_runs_with_different_fit_seeds_share_no_chain():
+    """Chain seeds of fit seeds 0-4 with up to CHAIN_SEEDS chains are all different (until run 13 a
+    chain seed was fit seed + k, so that fit seeds 0 and 1 shared one); fit seed 0 keeps 0, 1, ..."""
+    n = mv.CHAIN_SEEDS
+    seeds = [mv.chain_seed(s, k) for s in range(5) for k in range(n)]
+    assert len(set(seeds)) == len(seeds)
+    assert [mv.chain_seed(0, k) for k in range(3)] == [0, 1, 2]
+
+
+def test_pool_merges_the_chains_of_runs_that_differ_only_in_seed(tmp_path, monkeypatch):
+    """``pooled_fit`` takes each run's chain files (else its fit.nc), in order, and refuses a run
+    made with another config; the returned config counts the pooled chains and lists the seeds."""
+    made = {}
+
+    class Saved:
+        def __init__(self, path):
+            self.path, self.metadata = path, {"majestec_virtual": {"config": made.get(path)}}
+
+    def write_run(name, seed, n_chains, **fit):
+        run_dir = tmp_path / name
+        (run_dir / "chains").mkdir(parents=True)
+        config = mv.load_config(None)
+        config["fit"].update(seed=seed, **fit)
+        made[run_dir / "fit.nc"] = config
+        for k in range(n_chains):
+            (run_dir / "chains" / f"chain_{k}.nc").touch()
+        return run_dir
+
+    merged = []
+    monkeypatch.setattr(mv.popkpd, "load_fit", Saved)
+    monkeypatch.setattr(mv.popkpd, "merge_chains",
+                        lambda fits: merged.append([f.path.relative_to(tmp_path).as_posix() for f in fits])
+                        or type("Merged", (), {"metadata": {"sampler": {"chains": len(fits)}}})())
+    # how the chains ran does not matter; run d ran its chains in one process (no chain files)
+    runs = [write_run("a", 0, 2), write_run("b", 1, 2, processes=False), write_run("d", 3, 0)]
+    config = mv.load_config(None)
+    _, pooled = mv.pooled_fit(config, runs)
+    assert merged == [["a/chains/chain_0.nc", "a/chains/chain_1.nc", "b/chains/chain_0.nc", "b/chains/chain_1.nc",
+                       "d/fit.nc"]]
+    assert pooled["fit"]["chains"] == 5 and pooled["fit"]["seed"] == [0, 1, 3]
+    assert config["fit"]["chains"] == 2  # the given config is not changed
+    other = write_run("c", 2, 2, warmup=100)
+    with pytest.raises(ValueError, match=r"--pool: .*c/fit.nc was made with another config"):
+        mv.pooled_fit(config, [runs[0], other])
+
+
 def test_data_cut_keeps_doses_and_fitted_outputs_up_to_the_cut():
     frame = pd.DataFrame({"ID": [1] * 6, "TIME": [0.0, 0.0, 7.0, 56.0, 56.5, 60.0], "EVID": [0, 1, 1, 0, 0, 1],
                           "DVID": [2, 0, 0, 3, 5, 0]})

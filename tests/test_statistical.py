@@ -395,15 +395,30 @@ def test_centred_random_effects():
     pm = PopulationModel(IV, {"cl": Parameter(LogNormal(2.0, 0.5), iiv=HalfNormal(0.4)), "vc": 20.0},
                          Additive(Fixed(0.5)), method=iv_bolus, centered=True)
     eta = np.array([0.1, -0.3, 0.2])
-    values = {"cl_pop": 2.0, "omega_cl": 0.3, "eta_cl": jnp.asarray(eta)}
+    values = {"cl_pop": 2.0, "omega_cl": 0.3, "z_cl": jnp.asarray(np.log(2.0) + eta)}  # sampled: log cl_i
     lp, trace = log_density(pm.model, (events,), {"covariate_names": COVS}, values)
     np.testing.assert_allclose(trace["cl"]["value"], 2.0 * np.exp(eta), rtol=1e-13)
+    np.testing.assert_allclose(trace["eta_cl"]["value"], eta, rtol=1e-12)  # the deviation, recorded
+    assert set(pm.init_values(3)) == {"cl_pop", "omega_cl", "z_cl"}
+    np.testing.assert_allclose(pm.init_values(3)["z_cl"], [np.log(2.0)] * 3)  # at the prior median
     ref = st.lognorm.logpdf(2.0, s=0.5, scale=2.0) + st.halfnorm.logpdf(0.3, scale=0.4) + st.norm.logpdf(eta, 0, 0.3).sum()
     for s in range(3):
         td, amt, t, dv, cens, _ = subject_arrays(events, s)
         f = iv_bolus_np(2.0 * np.exp(eta[s]), 20.0, td, amt, t)
         ref += np.where(cens == 1, st.norm.logcdf((dv - f) / 0.5), st.norm.logpdf(dv, f, 0.5)).sum()
     np.testing.assert_allclose(float(lp), ref, atol=ATOL)
+
+
+def test_centred_identity_link_is_centred_on_the_typical_value():
+    """An identity-linked centred effect: z ~ Normal(theta_pop, omega), theta_i = theta_pop + eta_i."""
+    events = make_events(SUBJECTS, 2)
+    pm = PopulationModel(IV, {"cl": 2.0, "vc": Parameter(Normal(20.0, 2.0), iiv=HalfNormal(3.0), link="identity")},
+                         Additive(Fixed(0.5)), method=iv_bolus, centered=True)
+    e = np.array([1.0, -2.0, 0.5])
+    lp, trace = log_density(pm.model, (events,), {"covariate_names": COVS},
+                            {"vc_pop": 21.0, "omega_vc": 1.5, "z_vc": jnp.asarray(21.0 + e)})
+    np.testing.assert_allclose(trace["vc"]["value"], 21.0 + e, rtol=1e-13)
+    np.testing.assert_allclose(trace["eta_vc"]["value"], e, rtol=1e-12)
 
 
 def test_partly_centred_random_effects():
@@ -415,8 +430,8 @@ def test_partly_centred_random_effects():
                          Additive(Fixed(0.5)), method=iv_bolus, centered=("cl",))
     assert pm.is_centered("cl") and not pm.is_centered("vc") and pm.describe()["centered"] == ["cl"]
     d_cl, z_vc = np.array([0.1, -0.3, 0.2]), np.array([0.5, 1.0, -1.5])
-    values = {"cl_pop": 2.0, "omega_cl": 0.3, "eta_cl": jnp.asarray(d_cl), "vc_pop": 20.0, "omega_vc": 0.2,
-              "eta_vc": jnp.asarray(z_vc)}
+    values = {"cl_pop": 2.0, "omega_cl": 0.3, "z_cl": jnp.asarray(np.log(2.0) + d_cl), "vc_pop": 20.0,
+              "omega_vc": 0.2, "eta_vc": jnp.asarray(z_vc)}
     lp, trace = log_density(pm.model, (events,), {"covariate_names": COVS}, values)
     cl, vc = 2.0 * np.exp(d_cl), 20.0 * np.exp(0.2 * z_vc)
     np.testing.assert_allclose(trace["cl"]["value"], cl, rtol=1e-13)

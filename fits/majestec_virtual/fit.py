@@ -1,6 +1,8 @@
 """Patient-level fit of a simulated MajesTEC-1-like trial at the week-8 data cut (issue 5).
 
     python fits/majestec_virtual/fit.py [--config fits/majestec_virtual/config.toml] [--out DIR]
+    python fits/majestec_virtual/fit.py --out DIR --reuse-fit          # analyse DIR/fit.nc again
+    python fits/majestec_virtual/fit.py --out DIR --pool RUN1 RUN2 ... # runs with other [fit] seeds as one
 
 Steps (README.md in this folder states the decisions and the measured results):
 
@@ -114,6 +116,10 @@ DEFAULTS = {
 
 INITS = ("laplace", "pathfinder", "map", "prior_median")
 
+CHAIN_SEEDS = 1000
+"""Chain ``k`` of fit seed ``s`` runs with seed ``CHAIN_SEEDS * s + k`` (``chain_seed``), so that runs
+with different fit seeds share no chain (up to 1,000 chains); fit seed 0 gives chain seeds 0, 1, ..."""
+
 
 def load_config(path: Path | None) -> dict:
     """The config (``config.toml``) over ``DEFAULTS``; unknown sections or keys are an error."""
@@ -145,6 +151,9 @@ def load_config(path: Path | None) -> dict:
     if not isinstance(marrow, bool) and "e0" in config["fit"]["without_iiv"] + config["fit"]["fixed"]:
         raise ValueError(f"{path}: [data] marrow_t_cells = {marrow!r} fixes e0's IIV at the measurement's log-sd, "
                          "but [fit] without_iiv or fixed lists e0. Remove e0 there, or set marrow_t_cells = true.")
+    chains = config["fit"]["chains"]
+    if isinstance(chains, bool) or not isinstance(chains, int) or not 1 <= chains <= CHAIN_SEEDS:
+        raise ValueError(f"{path}: [fit] chains = {chains!r}; expected a whole number from 1 to {CHAIN_SEEDS}.")
     processes = config["fit"]["processes"]
     if not (isinstance(processes, bool) or processes == "auto"):
         raise ValueError(f"{path}: [fit] processes = {processes!r}; expected true, false or \"auto\" (one process "
@@ -322,14 +331,46 @@ def _fit(config: dict, pop, dataset, *, chains=None, seed=None, progress_bar=Non
                       progress_bar=sys.stderr.isatty() if progress_bar is None else progress_bar, **options)
 
 
+def chain_seed(seed: int, k: int) -> int:
+    """The seed of chain ``k`` of a run with fit seed ``seed`` run one process per chain (README.md:
+    until run 13 it was ``seed + k``, so that seeds 0 and 1 shared a chain)."""
+    return CHAIN_SEEDS * int(seed) + int(k)
+
+
 def fit_chain(config: dict, out: Path, k: int) -> Path:
-    """Chain ``k`` alone (seed = fit seed + k), from the trial table the driver wrote; saved as
+    """Chain ``k`` alone (seed ``chain_seed``), from the trial table the driver wrote; saved as
     ``out/chains/chain_k.nc``. Run by ``--chain k`` in a process of its own, whose output goes to
     ``out/chains/chain_k.log``: NumPyro's progress bar is written there (follow a long run with
     ``tail -c 300 out/chains/chain_0.log``)."""
     pop, dataset, _ = fitted_data(config, out / "trial.csv")
-    result = _fit(config, pop, dataset, chains=1, seed=int(config["fit"]["seed"]) + k, progress_bar=True)
+    result = _fit(config, pop, dataset, chains=1, seed=chain_seed(config["fit"]["seed"], k), progress_bar=True)
     return result.save(out / "chains" / f"chain_{k}.nc")
+
+
+def pooled_fit(config: dict, runs: list[Path]):
+    """The chains of several earlier runs of ``config`` that differ only in ``[fit] seed`` (and
+    ``processes``), merged into one fit (``popkpd.merge_chains``, which refuses two chains with the
+    same seed or fits of other data). A run's chains are its ``chains/chain_K.nc`` (one process
+    per chain) or else its ``fit.nc``. Returns ``(fit, config)``: ``config`` with ``[fit] chains``
+    the total and ``seed`` the list of the runs' fit seeds."""
+    def comparable(c):
+        c = _results_config(c)
+        c["fit"].pop("seed")
+        return c
+
+    chains, seeds = [], []
+    for run_dir in runs:
+        made = popkpd.load_fit(run_dir / "fit.nc").metadata.get("majestec_virtual", {}).get("config")
+        if made is None or comparable(made) != comparable(config):
+            raise ValueError(f"--pool: {run_dir / 'fit.nc'} was made with another config; expected runs of the "
+                             "given config that differ only in [fit] seed.")
+        files = sorted((run_dir / "chains").glob("chain_*.nc")) or [run_dir / "fit.nc"]
+        chains += [popkpd.load_fit(f) for f in files]
+        seeds.append(made["fit"]["seed"])
+    fit = popkpd.merge_chains(chains)
+    config = json.loads(json.dumps(config))
+    config["fit"].update(chains=int(fit.metadata["sampler"]["chains"]), seed=seeds)
+    return fit, config
 
 
 def _chain_processes(setting) -> bool:
@@ -545,10 +586,12 @@ def _markdown(frame: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
-def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = False) -> dict:
+def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = False,
+        pool: list[Path] | None = None) -> dict:
     """Steps 1-5 of the module docstring into ``out``; returns the tables and timings.
     ``reuse_fit``: take the fit from ``out/fit.nc`` (written by an earlier run with the same
-    config) instead of fitting again."""
+    config) instead of fitting again. ``pool``: the chains of these earlier runs of the config with
+    other seeds, merged (``pooled_fit``), instead of fitting again."""
     out.mkdir(parents=True, exist_ok=True)
     timing = {}
     t0 = time.perf_counter()
@@ -569,7 +612,10 @@ def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = Fa
     step(f"fitting ({fc['method']}, {fc['chains']} chains x ({fc['warmup']} + {fc['draws']})) to {n_obs} observations "
          f"up to day {dc['until']:g}")
     t1 = time.perf_counter()
-    if reuse_fit:
+    if pool:
+        fit, config = pooled_fit(config, pool)
+        step(f"pooled {config['fit']['chains']} chains of the runs with seeds {config['fit']['seed']}")
+    elif reuse_fit:
         fit = popkpd.load_fit(out / "fit.nc")
         if _results_config(fit.metadata.get("majestec_virtual", {}).get("config")) != _results_config(config):
             raise ValueError(f"--reuse-fit: {out / 'fit.nc'} was made with another config; expected the same "
@@ -580,7 +626,8 @@ def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = Fa
         fit = _fit(config, pop, dataset)
     timing["fit_s"] = time.perf_counter() - t1
     fit.metadata["majestec_virtual"] = {"config": config, "trial_seed": int(tc["seed"]),
-                                        "script": "fits/majestec_virtual/fit.py"}
+                                        "script": "fits/majestec_virtual/fit.py",
+                                        "pooled_from": [str(p) for p in pool or []]}
     fit.tree.attrs["popkpd"] = json.dumps(fit.metadata)  # saved with the fit
     fit.save(out / "fit.nc")
     step(f"fit saved ({timing['fit_s']:.0f} s); writing the diagnostics report")
@@ -617,7 +664,8 @@ def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = Fa
     conv = fit.convergence(pop.population_sites(), loo=False)
     summary = {"timing_s": timing, "fit_timing_s": fit.metadata.get("timing_s", {}),
                "n_patients": trial.n, "n_observations": n_obs, "responders": int(label.sum()),
-               "classification": classification, "convergence": str(conv), "config": config}
+               "classification": classification, "convergence": str(conv), "config": config,
+               "pooled_from": [str(p) for p in pool or []]}
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
     (out / "summary.md").write_text(_summary_markdown(summary, pop_table, ind_table, design))
     step(f"done; {out / 'summary.md'}")
@@ -638,7 +686,10 @@ def _summary_markdown(summary, pop_table, ind_table, design) -> str:
         f"{summary['n_observations']} observations (DVID {c['data']['dvid']}) up to day {c['data']['until']:g}. "
         f"Fit: {c['fit']['method']}, {c['fit']['chains']} chains x ({c['fit']['warmup']} warmup + {c['fit']['draws']} draws), "
         f"max tree depth {c['fit']['max_tree_depth']}, target acceptance {c['fit']['target_accept']}, seed {c['fit']['seed']}, "
-        f"ODE rtol {c['fit']['rtol']:g} / atol {c['fit']['atol']:g}.",
+        f"ODE rtol {c['fit']['rtol']:g} / atol {c['fit']['atol']:g}."
+        + (f" The chains of {len(summary['pooled_from'])} runs pooled (`--pool`, their fit seeds above): "
+           + ", ".join(summary["pooled_from"]) + "; the fit time below is the pooling's, the runs' own in their "
+           "summaries." if summary.get("pooled_from") else ""),
         "",
         f"Times (s): trial {t['trial_s']:.0f}, fit {t['fit_s']:.0f} (of which "
         + ", ".join(f"{k} {max(v) if isinstance(v, list) else v:.0f}" for k, v in summary["fit_timing_s"].items()) + f"), report {t['report_s']:.0f}, "
@@ -664,12 +715,17 @@ def main(argv=None) -> int:
     parser.add_argument("--config", type=Path, default=HERE / "config.toml")
     parser.add_argument("--out", type=Path, default=HERE / "outputs")
     parser.add_argument("--reuse-fit", action="store_true", help="analyse the fit already in OUT/fit.nc")
+    parser.add_argument("--pool", type=Path, nargs="+", metavar="RUN",
+                        help="analyse the chains of these earlier runs (output folders) of the config, made "
+                             "with other [fit] seeds, together")
     parser.add_argument("--chain", type=int, default=None, help="internal: run one chain (see fit_chain)")
     args = parser.parse_args(argv)
     if args.chain is not None:
         fit_chain(json.loads((args.out / "config_used.json").read_text()), args.out, args.chain)
         return 0
-    run(load_config(args.config), args.out, reuse_fit=args.reuse_fit)
+    if args.pool and args.reuse_fit:
+        parser.error("--pool and --reuse-fit: give one (--pool analyses the runs' chains again).")
+    run(load_config(args.config), args.out, reuse_fit=args.reuse_fit, pool=args.pool)
     return 0
 
 

@@ -101,7 +101,7 @@ def _param_dims(population, name, value_shape):
     """ArviZ dims of a posterior variable from its per-draw shape."""
     if name == "corr_iiv":
         return ["iiv_row", "iiv_col"]
-    if name.startswith("eta_") or name in population.varying_names:
+    if name.startswith(("eta_", "z_")) or name in population.varying_names:
         return ["subject"] + (["cov_index"] if len(value_shape) == 2 else [])
     return None
 
@@ -398,7 +398,8 @@ def merge_chains(fits) -> Fit:
     ``metadata["sampler"]``: ``chains`` the total, ``seed`` the list of seeds (and
     ``pathfinder`` the list of each fit's, with ``init="pathfinder"``); ``timing_s``
     the per-fit timings as lists (the chains ran at the same time, so wall time is their max).
-    Raises ``ValueError`` naming the first fit that differs in data, model or sampler settings.
+    Raises ``ValueError`` naming the first fit that differs in data, model, sampler settings or
+    posterior variables.
     """
     fits = list(fits)
     if not fits or not all(isinstance(f, Fit) for f in fits):
@@ -419,6 +420,13 @@ def merge_chains(fits) -> Fit:
             if m["sampler"].get(key) != first["sampler"].get(key):
                 raise ValueError(f"merge_chains: fit {k} has {key}={m['sampler'].get(key)!r}, fit 0 "
                                  f"{first['sampler'].get(key)!r}; expected the same sampler settings.")
+    names = set(fits[0].tree["posterior"].data_vars)
+    for k, f in enumerate(fits):
+        differ = sorted(names ^ set(f.tree["posterior"].data_vars))
+        if differ:
+            raise ValueError(f"merge_chains: fit {k} and fit 0 differ in the posterior variables {differ}; expected "
+                             "fits of one parameterisation (a fit with centred random effects made before 23 Nov "
+                             "2026 sampled eta_<param>, one made since z_<param>: refit to pool them).")
     seeds = [f.metadata["sampler"]["seed"] for f in fits]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"merge_chains: received seeds {seeds}; expected a different seed per fit (identical "

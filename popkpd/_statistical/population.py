@@ -16,7 +16,13 @@ product of its covariate factors):
 Random effects are non-centred by default: ``eta_<param> ~ Normal(0, 1)`` and
 ``d_i = omega * eta_i``; with an LKJ ``correlation`` the standardised vector is correlated
 through the Cholesky factor ``L`` of ``corr_iiv``: ``d_i = omega * (L @ eta_i)``. With
-``centered=True`` (diagonal only) ``eta_<param> ~ Normal(0, omega)`` and ``d_i = eta_i``;
+``centered=True`` (diagonal only) the sampled site is the subject's value on the link scale
+before covariate factors, ``z_<param> ~ Normal(g(theta_pop), omega)`` (``g`` the link), and
+``eta_<param> = d_i = z_i - g(theta_pop)`` is recorded beside it (deterministic). Centred in
+location as well as scale: when the data pin each subject's value, ``theta_pop`` moves without
+moving the ``S`` sampled values (sampling ``d_i ~ Normal(0, omega)`` instead, as popkpd did until
+23 Nov 2026, ties ``theta_pop`` to all ``S`` deviations: a ridge of dimension ``S + 1`` that NUTS
+crossed slowly in the virtual-trial fit, fits/majestec_virtual/README.md run 16).
 ``centered=("s0", "m0")`` centres only those parameters' random effects. Centre the random
 effects the data determine well for each subject (e.g. a baseline measured directly): non-centred
 they make the typical value and the standardised effects strongly correlated a posteriori, which
@@ -32,7 +38,9 @@ site                        shape       meaning
 ==========================  ==========  =====================================================
 ``<param>_pop``             ()          typical value (parameter unit); absent when Fixed
 ``omega_<param>``           ()          sd of the random effect on the link scale
-``eta_<param>``             [S]         random effect (standardised unless ``centered``)
+``eta_<param>``             [S]         random effect (standardised unless ``centered``;
+                                        centred: deterministic, ``z - g(theta_pop)``)
+``z_<param>``               [S]         centred only: the sampled value on the link scale
 ``corr_iiv``                [P, P]      correlation of the random effects (with ``LKJ``), in
                                         the order of ``PopulationModel.iiv_names``
 ``beta_<param>_<cov>``      ()          covariate effect (``<cov>`` is the label if given)
@@ -332,8 +340,19 @@ class PopulationModel(eqx.Module):
         if self.correlation is not None:
             values["corr_iiv"] = self.correlation.init_value(len(self.iiv_names))
         for name in self.iiv_names:
-            values[f"eta_{name}"] = jnp.zeros(n_subjects)
+            if name in self.centered:
+                pop = values.get(f"{name}_pop", self.parameters[name].typical.init_value())
+                values[f"z_{name}"] = jnp.full(n_subjects, self._link(name, pop), dtype=float)
+            else:
+                values[f"eta_{name}"] = jnp.zeros(n_subjects)
         return values
+
+    def _link(self, name: str, value):
+        """``g(value)``: ``name``'s typical value on its link scale."""
+        link = self.parameters[name].link
+        if link == "log":
+            return jnp.log(value)
+        return jnp.log(value) - jnp.log1p(-value) if link == "logit" else jnp.asarray(value, dtype=float)
 
     # ----------------------------------------------------------------------------------------
     # checks on the data (host side)
@@ -543,7 +562,10 @@ class PopulationModel(eqx.Module):
                 for name in self.iiv_names:
                     if name in self.centered:
                         omega = values.get(f"omega_{name}", self.parameters[name].iiv.init_value())
-                        values[f"eta_{name}"] = numpyro.sample(f"eta_{name}", dist.Normal(0.0, omega))
+                        pop = values.get(f"{name}_pop", self.parameters[name].typical.init_value())
+                        loc = self._link(name, pop)
+                        z = numpyro.sample(f"z_{name}", dist.Normal(loc, omega))
+                        values[f"eta_{name}"] = numpyro.deterministic(f"eta_{name}", z - loc)
                     else:
                         values[f"eta_{name}"] = numpyro.sample(f"eta_{name}", dist.Normal(0.0, 1.0))
         params = self.individual_parameters(values, events, covariate_names)
