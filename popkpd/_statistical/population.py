@@ -22,7 +22,7 @@ before covariate factors, ``z_<param> ~ Normal(g(theta_pop), omega)`` (``g`` the
 location as well as scale: when the data pin each subject's value, ``theta_pop`` moves without
 moving the ``S`` sampled values (sampling ``d_i ~ Normal(0, omega)`` instead, as popkpd did until
 23 Nov 2026, ties ``theta_pop`` to all ``S`` deviations: a ridge of dimension ``S + 1`` that NUTS
-crossed slowly in the virtual-trial fit, fits/majestec_virtual/README.md run 16).
+crossed slowly in the virtual-trial fit: fits/majestec_virtual/README.md, runs 12 + 14 pooled, run 16).
 ``centered=("s0", "m0")`` centres only those parameters' random effects. Centre the random
 effects the data determine well for each subject (e.g. a baseline measured directly): non-centred
 they make the typical value and the standardised effects strongly correlated a posteriori, which
