@@ -360,12 +360,13 @@ def pooled_fit(config: dict, runs: list[Path]):
 
     chains, seeds = [], []
     for run_dir in runs:
-        made = popkpd.load_fit(run_dir / "fit.nc").metadata.get("majestec_virtual", {}).get("config")
+        saved = popkpd.load_fit(run_dir / "fit.nc")
+        made = saved.metadata.get("majestec_virtual", {}).get("config")
         if made is None or comparable(made) != comparable(config):
             raise ValueError(f"--pool: {run_dir / 'fit.nc'} was made with another config; expected runs of the "
                              "given config that differ only in [fit] seed.")
-        files = sorted((run_dir / "chains").glob("chain_*.nc")) or [run_dir / "fit.nc"]
-        chains += [popkpd.load_fit(f) for f in files]
+        files = sorted((run_dir / "chains").glob("chain_*.nc"))
+        chains += [popkpd.load_fit(f) for f in files] if files else [saved]
         seeds.append(made["fit"]["seed"])
     fit = popkpd.merge_chains(chains)
     config = json.loads(json.dumps(config))

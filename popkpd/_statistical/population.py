@@ -493,7 +493,7 @@ class PopulationModel(eqx.Module):
             if time_varying:
                 d = d[:, None]
             if par.link == "logit":
-                z = jnp.log(pop) - jnp.log1p(-pop) + d
+                z = self._link(name, pop) + d
                 for f in factors:
                     z = z + jnp.log(f)
                 theta = jax.nn.sigmoid(z)
