@@ -61,6 +61,8 @@ def test_priors_override_the_estimated_defaults(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("[fit]\nchain = 2\n", r"\[fit\] has unknown keys \['chain'\]"),
     ("[sampler]\nchains = 2\n", r"section \[sampler\] is not known"),
+    ("[fit]\nchains = 0\n", r"\[fit\] chains = 0; expected a whole number from 1 to 1000"),
+    ("[fit]\nchains = 2.5\n", r"\[fit\] chains = 2.5; expected a whole number"),
     ("[data]\ndvid = [1, 5]\n", r"dvid has \[5\]"),
     ('[fit]\nprocesses = "yes"\n', r"processes = 'yes'; expected true, false or \"auto\""),
     ('[fit]\ndense_mass = "yes"\n', r"dense_mass = 'yes'; expected true or false"),
