@@ -105,7 +105,7 @@ those the fit gives one value for every patient (``[fit] fixed``, ``without_iiv`
 DEFAULTS = {
     "trial": {"design": "majestec1", "patients": 24, "seed": 11},
     "data": {"until": 56.0, "dvid": [1, 2, 3, 4], "marrow_t_cells": 0.4},
-    "fit": {"method": "nuts", "chains": 2, "warmup": 400, "draws": 200, "max_tree_depth": 7,
+    "fit": {"method": "nuts", "chains": 2, "warmup": 800, "draws": 400, "max_tree_depth": 7,
             "target_accept": 0.9, "seed": 0, "rtol": 1e-4, "atol": 1e-7, "max_steps": 4096, "processes": "auto",
             "centred": ["s0", "m0"], "dense_mass": True, "init": "pathfinder", "fixed": ["tau50_n"],
             "without_iiv": []},
