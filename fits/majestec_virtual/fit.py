@@ -293,12 +293,15 @@ def trial_data(frame: pd.DataFrame, until: float, dvid) -> pd.DataFrame:
     return frame[keep].reset_index(drop=True)
 
 
-def _results_config(config) -> dict | None:
-    """The config without the settings that do not change the results (how chains are run)."""
+def _results_config(config, *, seed: bool = True) -> dict | None:
+    """The config without the settings that do not change the results (how chains are run), and
+    without ``[fit] seed`` when ``seed`` is false (runs that ``--pool`` may merge)."""
     if config is None:
         return None
     config = json.loads(json.dumps(config))
     config["fit"].pop("processes", None)
+    if not seed:
+        config["fit"].pop("seed", None)
     return config
 
 
@@ -353,16 +356,11 @@ def pooled_fit(config: dict, runs: list[Path]):
     same seed or fits of other data). A run's chains are its ``chains/chain_K.nc`` (one process
     per chain) or else its ``fit.nc``. Returns ``(fit, config)``: ``config`` with ``[fit] chains``
     the total and ``seed`` the list of the runs' fit seeds."""
-    def comparable(c):
-        c = _results_config(c)
-        c["fit"].pop("seed")
-        return c
-
     chains, seeds = [], []
     for run_dir in runs:
         saved = popkpd.load_fit(run_dir / "fit.nc")
         made = saved.metadata.get("majestec_virtual", {}).get("config")
-        if made is None or comparable(made) != comparable(config):
+        if made is None or _results_config(made, seed=False) != _results_config(config, seed=False):
             raise ValueError(f"--pool: {run_dir / 'fit.nc'} was made with another config; expected runs of the "
                              "given config that differ only in [fit] seed.")
         files = sorted((run_dir / "chains").glob("chain_*.nc"))
@@ -613,6 +611,7 @@ def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = Fa
     step(f"fitting ({fc['method']}, {fc['chains']} chains x ({fc['warmup']} + {fc['draws']})) to {n_obs} observations "
          f"up to day {dc['until']:g}")
     t1 = time.perf_counter()
+    pooled_from = [str(p) for p in pool or []]
     if pool:
         fit, config = pooled_fit(config, pool)
         step(f"pooled {config['fit']['chains']} chains of the runs with seeds {config['fit']['seed']}")
@@ -628,7 +627,7 @@ def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = Fa
     timing["fit_s"] = time.perf_counter() - t1
     fit.metadata["majestec_virtual"] = {"config": config, "trial_seed": int(tc["seed"]),
                                         "script": "fits/majestec_virtual/fit.py",
-                                        "pooled_from": [str(p) for p in pool or []]}
+                                        "pooled_from": pooled_from}
     fit.tree.attrs["popkpd"] = json.dumps(fit.metadata)  # saved with the fit
     fit.save(out / "fit.nc")
     step(f"fit saved ({timing['fit_s']:.0f} s); writing the diagnostics report")
@@ -666,7 +665,7 @@ def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = Fa
     summary = {"timing_s": timing, "fit_timing_s": fit.metadata.get("timing_s", {}),
                "n_patients": trial.n, "n_observations": n_obs, "responders": int(label.sum()),
                "classification": classification, "convergence": str(conv), "config": config,
-               "pooled_from": [str(p) for p in pool or []]}
+               "pooled_from": pooled_from}
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
     (out / "summary.md").write_text(_summary_markdown(summary, pop_table, ind_table, design))
     step(f"done; {out / 'summary.md'}")

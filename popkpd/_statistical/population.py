@@ -341,11 +341,16 @@ class PopulationModel(eqx.Module):
             values["corr_iiv"] = self.correlation.init_value(len(self.iiv_names))
         for name in self.iiv_names:
             if name in self.centered:
-                pop = values.get(f"{name}_pop", self.parameters[name].typical.init_value())
-                values[f"z_{name}"] = jnp.full(n_subjects, self._link(name, pop), dtype=float)
+                values[f"z_{name}"] = jnp.full(n_subjects, self._link(name, self._typical(name, values)), dtype=float)
             else:
                 values[f"eta_{name}"] = jnp.zeros(n_subjects)
         return values
+
+    def _typical(self, name: str, values: dict):
+        """``name``'s typical value: its site's value in ``values``, else its Fixed value."""
+        if f"{name}_pop" in values:
+            return values[f"{name}_pop"]
+        return jnp.asarray(self.parameters[name].typical.value, dtype=float)
 
     def _link(self, name: str, value):
         """``g(value)``: ``name``'s typical value on its link scale."""
@@ -479,7 +484,7 @@ class PopulationModel(eqx.Module):
             dev = self._deviations(values)
         out = {}
         for name, par in self.parameters.items():
-            pop = values[f"{name}_pop"] if f"{name}_pop" in values else jnp.asarray(par.typical.value, dtype=float)
+            pop = self._typical(name, values)
             time_varying = any(e.time_varying for e in par.covariates)
             factors = []
             for effect in par.covariates:
@@ -562,8 +567,7 @@ class PopulationModel(eqx.Module):
                 for name in self.iiv_names:
                     if name in self.centered:
                         omega = values.get(f"omega_{name}", self.parameters[name].iiv.init_value())
-                        pop = values.get(f"{name}_pop", self.parameters[name].typical.init_value())
-                        loc = self._link(name, pop)
+                        loc = self._link(name, self._typical(name, values))
                         z = numpyro.sample(f"z_{name}", dist.Normal(loc, omega))
                         values[f"eta_{name}"] = numpyro.deterministic(f"eta_{name}", z - loc)
                     else:
