@@ -37,7 +37,9 @@ A complete example (``fits/theophylline/config.toml``)::
     seed = 1
     target_accept = 0.8
     centered = false                       # random-effect parameterisation (true: centred, diagonal
-                                           # IIV only; better when every subject has rich data)
+                                           # IIV only; better when every subject has rich data); or
+                                           # the names to centre, ["cl"], or centring weights from 0
+                                           # to 1, { cl = 0.6 } (PopulationModel's centered)
     devices = "all"                        # optional: split the subjects over all JAX devices (or
                                            # the first N: devices = 2); chains then run vectorised
                                            # on them (popkpd.fit(devices=...), docs/scaling.md)
@@ -218,9 +220,15 @@ def load_config(path) -> FitConfig:
         fit_options["devices"] = devices(fit_options["devices"], f"{path}: [fit]")
     prediction = fit_options.pop("prediction", "closed_form")
     ode_options = {k: fit_options.pop(k) for k in ("rtol", "atol", "solver") if k in fit_options}
-    centered = bool(fit_options.pop("centered", False))
-    population = PopulationModel(structural, parameters, error, method=prediction, ode_options=ode_options,
-                                 centered=centered)
+    centered = fit_options.pop("centered", False)
+    try:
+        population = PopulationModel(structural, parameters, error, method=prediction, ode_options=ode_options,
+                                     centered=centered)
+    except (TypeError, ValueError) as e:
+        if "centered" not in str(e):
+            raise
+        _fail(path, "fit.centered", centered, f"true, false, a list of parameters with iiv or a table of "
+              f"centring weights from 0 to 1 ({e})")
 
     d = cfg["data"]
     frame = _read_data(d, path)

@@ -60,11 +60,22 @@ def test_covariates_and_priors_are_built(tmp_path):
         (('source = "theophylline"', 'source = "nothere.csv"'), r"bundled dataset .* or an existing CSV"),
         (("[error]", "[fit]\nchainz = 3\n[error]"), r"\[fit\] received \['chainz'\]"),
         (("[error]\nconc", "[erorr]\nconc"), r"missing section \[error\]"),
+        (("[error]", "[fit]\ncentered = [\"vc\"]\n[error]"), r"\[fit.centered\] received \['vc'\].*\['vc'\] have no IIV"),
+        (("[error]", "[fit]\ncentered = { cl = 2.0 }\n[error]"), r"\[fit.centered\] received \{'cl': 2.0\}.*weights from 0"),
     ],
 )
 def test_config_mistakes_are_explained(tmp_path, change, match):
     with pytest.raises(ConfigError, match=match):
         load_config(write(tmp_path, BASE.replace(*change)))
+
+
+def test_centered_names_or_weights(tmp_path):
+    """``centered`` as in PopulationModel: a list centres those parameters only, a table gives weights."""
+    names = load_config(write(tmp_path, BASE + '[fit]\ncentered = ["cl"]\n')).population
+    assert names.centring("cl") == 1.0 and names.centring("ka") == 0.0
+    weights = load_config(write(tmp_path, BASE + "[fit]\ncentered = { cl = 0.6, ka = 0.3 }\n")).population
+    assert (weights.centring("cl"), weights.centring("ka")) == (0.6, 0.3)
+    assert load_config(write(tmp_path, BASE + "[fit]\ncentered = true\n")).population.describe()["centered"] is True
 
 
 def test_missing_file_and_bad_toml(tmp_path):

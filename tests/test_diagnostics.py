@@ -206,6 +206,10 @@ def test_shrinkage_near_zero_for_rich_and_near_one_for_uninformative_data(case):
     assert sparse.loc["cl", "shrinkage"] > 0.8, sparse
     assert rich.loc["cl", "shrinkage"] < everyone.loc["cl", "shrinkage"] < sparse.loc["cl", "shrinkage"]
     assert (everyone["n_subjects"] == N_RICH + N_SPARSE).all()
+    # the same two groups seen through each subject's posterior sd of z: about 0.3 for the rich,
+    # the prior's 1 for CL of the sparse
+    assert np.all(rich["posterior_sd"] < 0.45), rich
+    assert sparse.loc["cl", "posterior_sd"] > 0.85, sparse
 
 
 def _from_dict(*args, **kwargs):

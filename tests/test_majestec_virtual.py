@@ -45,6 +45,16 @@ def test_fixed_and_typical_only_parameters():
     assert isinstance(typical_only.typical, mv.popkpd.LogNormal) and typical_only.iiv is None
 
 
+def test_centred_list_or_table_of_weights(tmp_path):
+    """``[fit] centred``: a list centres fully, a table gives centring weights (0 drops a name)."""
+    path = tmp_path / "partly.toml"
+    path.write_text("[fit]\ncentred = {s0 = 1.0, kg = 0.6, cl = 0}\n")
+    pop = mv.fitted_population(mv.load_config(path))
+    assert (pop.centring("s0"), pop.centring("kg"), pop.centring("cl"), pop.centring("m0")) == (1.0, 0.6, 0.0, 0.0)
+    shipped = mv.fitted_population(mv.load_config(None))
+    assert dict(shipped.centered) == {"s0": 1.0, "m0": 1.0}
+
+
 def test_priors_override_the_estimated_defaults(tmp_path):
     """``[priors]`` replaces the prior of the keys it gives and leaves the rest as ``ESTIMATED``."""
     path = tmp_path / "priors.toml"
@@ -75,6 +85,8 @@ def test_priors_override_the_estimated_defaults(tmp_path):
     ('[fit]\nwithout_iiv = ["kg"]\ncentred = ["kg"]\n', r"\['kg'\] in without_iiv and in centred or fixed"),
     ('[fit]\ninit = "median"\n', r"init = 'median'; expected one of \['laplace', 'pathfinder'"),
     ('[fit]\ncentred = ["s0", "tau50_n"]\n', r"centred = \['s0', 'tau50_n'\]; expected a list of parameters with a random"),
+    ("[fit]\ncentred = {s0 = 1.0, kg = 1.5}\n", r"centred = \{'s0': 1.0, 'kg': 1.5\}; .* centring weights from 0"),
+    ("[fit]\ncentred = {tau50_n = 0.5}\n", r"centred = \{'tau50_n': 0.5\}; expected a list"),
     ("[priors]\nchi = {sd = 0.2}\n", r"\[priors\] chi is not an estimated parameter"),
     ("[priors]\ncl = 0.2\n", r"\[priors\] cl = 0.2; expected a table with keys sd and/or iiv"),
     ("[priors]\ncl = {sd = 0.2, scale = 1}\n", r"expected a table with keys sd and/or iiv"),

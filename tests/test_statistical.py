@@ -444,11 +444,49 @@ def test_partly_centred_random_effects():
         ref += np.where(cens == 1, st.norm.logcdf((dv - f) / 0.5), st.norm.logpdf(dv, f, 0.5)).sum()
     np.testing.assert_allclose(float(lp), ref, atol=ATOL)
     every = PopulationModel(IV, pm.parameters, pm.error, method=iv_bolus, centered=("vc", "cl"))
-    assert every.centered == ("cl", "vc") and every.describe()["centered"] is True
+    assert every.centered == (("cl", 1.0), ("vc", 1.0)) and every.describe()["centered"] is True
     with pytest.raises(ValueError, match=r"\['ka'\] have no IIV"):
         PopulationModel(IV, pm.parameters, pm.error, method=iv_bolus, centered=("ka",))
-    with pytest.raises(TypeError, match="expected True, False or a collection"):
+    with pytest.raises(TypeError, match="expected True, False, a collection"):
         PopulationModel(IV, pm.parameters, pm.error, method=iv_bolus, centered="cl")
+
+
+def test_partly_centred_random_effects():
+    """centered={"cl": w}: z ~ Normal(w log cl_pop, omega^w), cl_i = cl_pop exp(omega^(1-w) (z - w log
+    cl_pop)); the log density is the scipy sum in the sampled z; weight 1 is the centred model,
+    weight 0 the non-centred one; weights outside [0, 1] are refused."""
+    events = make_events(SUBJECTS, 2)
+    parameters = {"cl": Parameter(LogNormal(2.0, 0.5), iiv=HalfNormal(0.4)), "vc": 20.0}
+    pm = PopulationModel(IV, parameters, Additive(Fixed(0.5)), method=iv_bolus, centered={"cl": 0.6})
+    assert pm.is_centered("cl") and pm.centring("cl") == 0.6 and pm.describe()["centered"] == {"cl": 0.6}
+    w, cl_pop, omega, z = 0.6, 2.5, 0.3, np.array([0.4, 0.9, 0.2])
+    lp, trace = log_density(pm.model, (events,), {"covariate_names": COVS},
+                            {"cl_pop": cl_pop, "omega_cl": omega, "z_cl": jnp.asarray(z)})
+    d = omega ** (1 - w) * (z - w * np.log(cl_pop))
+    cl = cl_pop * np.exp(d)
+    np.testing.assert_allclose(trace["cl"]["value"], cl, rtol=1e-13)
+    np.testing.assert_allclose(trace["eta_cl"]["value"], d, rtol=1e-12)  # the deviation, recorded
+    ref = (st.lognorm.logpdf(cl_pop, s=0.5, scale=2.0) + st.halfnorm.logpdf(omega, scale=0.4)
+           + st.norm.logpdf(z, w * np.log(cl_pop), omega**w).sum())
+    for s in range(3):
+        td, amt, t, dv, cens, _ = subject_arrays(events, s)
+        f = iv_bolus_np(cl[s], 20.0, td, amt, t)
+        ref += np.where(cens == 1, st.norm.logcdf((dv - f) / 0.5), st.norm.logpdf(dv, f, 0.5)).sum()
+    np.testing.assert_allclose(float(lp), ref, atol=ATOL)
+    np.testing.assert_allclose(pm.init_values(3)["z_cl"], [w * np.log(2.0)] * 3)  # zero deviation
+    # the same subjects' values: d ~ Normal(0, omega) whatever the weight
+    np.testing.assert_allclose(pm.individual_parameters({"cl_pop": cl_pop, "omega_cl": omega, "eta_cl": d},
+                                                        events, COVS)["cl"], cl, rtol=1e-13)
+    one = PopulationModel(IV, parameters, Additive(Fixed(0.5)), method=iv_bolus, centered={"cl": 1})
+    centred = PopulationModel(IV, parameters, Additive(Fixed(0.5)), method=iv_bolus, centered=True)
+    at = {"cl_pop": cl_pop, "omega_cl": omega, "z_cl": jnp.asarray(np.log(cl))}
+    assert one.describe()["centered"] is True
+    assert float(log_density(one.model, (events,), {"covariate_names": COVS}, at)[0]) == float(
+        log_density(centred.model, (events,), {"covariate_names": COVS}, at)[0])
+    assert PopulationModel(IV, parameters, Additive(Fixed(0.5)), method=iv_bolus, centered={"cl": 0}).centered == ()
+    for bad in (1.5, -0.1, True, "half"):
+        with pytest.raises(ValueError, match="centring weights from 0"):
+            PopulationModel(IV, parameters, Additive(Fixed(0.5)), method=iv_bolus, centered={"cl": bad})
 
 
 def test_time_varying_covariate_gives_s_by_c_parameter():

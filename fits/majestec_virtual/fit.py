@@ -169,9 +169,12 @@ def load_config(path: Path | None) -> dict:
                          "(popkpd.fit's init).")
     with_iiv = sorted(name for name, (_, omega) in ESTIMATED.items() if omega is not None)
     centred = config["fit"]["centred"]
-    if not isinstance(centred, list) or not set(centred) <= set(with_iiv):
+    weights = centred.values() if isinstance(centred, dict) else [1.0]
+    if (not isinstance(centred, list | dict) or not set(centred) <= set(with_iiv)
+            or not all(isinstance(w, int | float) and not isinstance(w, bool) and 0 <= w <= 1 for w in weights)):
         raise ValueError(f"{path}: [fit] centred = {centred!r}; expected a list of parameters with a random "
-                         f"effect, from {with_iiv} (the others stay non-centred).")
+                         f"effect, from {with_iiv} (the others stay non-centred), or a table of their centring "
+                         "weights from 0 (non-centred) to 1 (centred), e.g. {s0 = 1.0, kg = 0.6}.")
     if set(centred) & set(fixed):
         raise ValueError(f"{path}: [fit] {sorted(set(centred) & set(fixed))} both centred and fixed; a fixed "
                          "parameter has no random effect to centre. Remove it from one of the lists.")
@@ -234,8 +237,8 @@ def _covariate_effects(marrow_t_cells: bool | float = False) -> dict:
 def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, centred=(),
                fixed=(), without_iiv=(), priors=None, marrow_t_cells=False) -> popkpd.PopulationModel:
     """The fitted population model (module docstring, "The identifiable configuration"); the
-    random effects of ``centred`` are sampled centred (``PopulationModel(centered=...)``), the
-    others non-centred; the parameters of ``fixed`` (of ``ESTIMATED``) are held at their
+    random effects of ``centred`` are sampled centred (``PopulationModel(centered=...)``; a dict
+    ``{name: weight}``: partly centred with those weights), the others non-centred; the parameters of ``fixed`` (of ``ESTIMATED``) are held at their
     prior's centre (the drug's typical or calibrated value) instead of estimated, and those of
     ``without_iiv`` keep an estimated typical value without a random effect. ``priors``
     (``{name: {"sd": ..., "iiv": ...}}``, the config's ``[priors]``) overrides ``ESTIMATED``.
@@ -264,7 +267,8 @@ def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, ce
         "m_protein": popkpd.Combined(popkpd.HalfNormal(2.0), popkpd.HalfNormal(0.3)),
         "t_cells": popkpd.LogNormalError(popkpd.HalfNormal(0.5)),
     }
-    return popkpd.PopulationModel(model, parameters, error, method="ode", centered=tuple(centred),
+    centred = dict(centred) if isinstance(centred, dict) else tuple(centred)
+    return popkpd.PopulationModel(model, parameters, error, method="ode", centered=centred,
                                   ode_options={"rtol": rtol, "atol": atol, "max_steps": max_steps})
 
 

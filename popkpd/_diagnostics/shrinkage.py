@@ -18,6 +18,12 @@ with ``E[z_i | data]`` the posterior mean of subject ``i`` (its EBE on the stand
 ``omega``. Near 0: the data inform each subject's effect; near 1: the EBEs collapse to the
 typical value and EBE-based diagnostics (eta vs covariate plots) lose their power. It can be
 slightly negative by chance with few subjects.
+
+Beside it, how much each subject's data determine its effect: ``posterior_sd``, the mean over
+subjects of the posterior sd of ``z_i`` (within each chain, so that chains that disagree do not
+inflate it; 0: pinned by the data, 1: the prior's). It says which effects to sample centred
+(near 0) and which non-centred (near 1); ``1 - posterior_sd**2`` is the partial-centring weight
+of ``PopulationModel``'s docstring.
 """
 
 from __future__ import annotations
@@ -79,12 +85,12 @@ def shrinkage(fit, *, subjects=None) -> pd.DataFrame:
     -------
     DataFrame, one row per parameter with IIV: ``parameter``, ``omega`` (posterior median, sd
     of the random effect on the link scale), ``n_subjects``, ``ebe_mean`` and ``ebe_sd`` (mean
-    and sd over subjects of the posterior-mean standardised effects) and ``shrinkage``
-    (``1 - ebe_sd``, unitless).
+    and sd over subjects of the posterior-mean standardised effects), ``shrinkage``
+    (``1 - ebe_sd``, unitless) and ``posterior_sd`` (module docstring).
     """
     check_fit(fit, "shrinkage")
     effects = random_effects(fit)
-    columns = ["parameter", "omega", "n_subjects", "ebe_mean", "ebe_sd", "shrinkage"]
+    columns = ["parameter", "omega", "n_subjects", "ebe_mean", "ebe_sd", "shrinkage", "posterior_sd"]
     if not effects:
         return pd.DataFrame(columns=columns)
     ids = np.asarray(fit.tree["posterior"][f"eta_{next(iter(effects))}"]["subject"].values)
@@ -107,9 +113,12 @@ def shrinkage(fit, *, subjects=None) -> pd.DataFrame:
     rows = []
     model = fit.metadata["model"]
     posterior = fit.tree["posterior"]
+    chains = posterior.sizes["chain"]
     for name, (z, _) in effects.items():
         ebe = z[:, keep].mean(axis=0)
         sd = float(np.std(ebe, ddof=1))
+        within = z[:, keep].reshape(chains, -1, int(keep.sum())).std(axis=1)  # [chains, subjects]
+        posterior_sd = float(within.mean())
         if f"omega_{name}" in posterior.data_vars:
             omega = float(np.median(np.asarray(posterior[f"omega_{name}"].values)))
         else:
@@ -122,6 +131,7 @@ def shrinkage(fit, *, subjects=None) -> pd.DataFrame:
                 "ebe_mean": float(ebe.mean()),
                 "ebe_sd": sd,
                 "shrinkage": 1.0 - sd,
+                "posterior_sd": posterior_sd,
             }
         )
     return pd.DataFrame(rows, columns=columns)

@@ -23,7 +23,17 @@ location as well as scale: when the data pin each subject's value, ``theta_pop``
 moving the ``S`` sampled values (sampling ``d_i ~ Normal(0, omega)`` instead, as popkpd did until
 23 Nov 2026, ties ``theta_pop`` to all ``S`` deviations: a ridge of dimension ``S + 1`` that NUTS
 crossed slowly in the virtual-trial fit: fits/majestec_virtual/README.md, runs 12 + 14 pooled, run 16).
-``centered=("s0", "m0")`` centres only those parameters' random effects. Centre the random
+``centered=("s0", "m0")`` centres only those parameters' random effects. Partly centred
+(Papaspiliopoulos, Roberts and Skold 2007, Statistical Science 22:59), ``centered={"kg": 0.6}``:
+the sampled site is ``z_i ~ Normal(w g(theta_pop), omega**w)`` and ``d_i = omega**(1 - w) (z_i -
+w g(theta_pop))`` (still ``Normal(0, omega)``; the form of NumPyro's ``LocScaleReparam``), ``w = 0``
+non-centred, ``w = 1`` centred. For a normal random effect whose data give it conditional variance
+``v``, ``w = 1 - v / omega**2`` (1 minus the squared posterior sd of the standardised effect) makes
+``z`` independent of the typical value a posteriori (the paper's section 2). Any weight above 0
+makes the density unbounded as omega goes to 0, as centring does (below): in the virtual-trial
+fit (fits/majestec_virtual/README.md, run 20) weights 0.3-0.7 on weakly informed effects sent the
+MAP's L-BFGS path to that limit, Pathfinder started the chains there and five omegas stayed near
+0. Centre the random
 effects the data determine well for each subject (e.g. a baseline measured directly): non-centred
 they make the typical value and the standardised effects strongly correlated a posteriori, which
 NUTS mixes poorly; keep weakly informed ones non-centred (the funnel). A centred model's density
@@ -39,8 +49,9 @@ site                        shape       meaning
 ``<param>_pop``             ()          typical value (parameter unit); absent when Fixed
 ``omega_<param>``           ()          sd of the random effect on the link scale
 ``eta_<param>``             [S]         random effect (standardised unless ``centered``;
-                                        centred: deterministic, ``z - g(theta_pop)``)
-``z_<param>``               [S]         centred only: the sampled value on the link scale
+                                        centred: deterministic, the deviation ``d``)
+``z_<param>``               [S]         centred only: the sampled value (fully centred: on the
+                                        link scale)
 ``corr_iiv``                [P, P]      correlation of the random effects (with ``LKJ``), in
                                         the order of ``PopulationModel.iiv_names``
 ``beta_<param>_<cov>``      ()          covariate effect (``<cov>`` is the label if given)
@@ -184,7 +195,9 @@ class PopulationModel(eqx.Module):
         ``ode_options``), or a function ``predict(structural, params, events) -> [S, O]``.
     centered
         ``True``: centred random effects for every parameter with IIV; a collection of parameter
-        names: centred for those only; ``False`` (default): non-centred. Diagonal IIV only.
+        names: centred for those only; a mapping ``{name: w}``, ``0 <= w <= 1``: partly centred
+        with weight ``w`` (above; 1 centred, 0 non-centred); ``False`` (default): non-centred.
+        Diagonal IIV only.
     """
 
     structural: AbstractStructuralModel
@@ -192,7 +205,7 @@ class PopulationModel(eqx.Module):
     error: dict
     correlation: LKJ | None
     method: str | Callable = eqx.field(static=True)
-    centered: tuple = eqx.field(static=True)
+    centered: tuple = eqx.field(static=True)  # ((name, weight), ...) for the weights > 0, IIV order
     ode_options: dict = eqx.field(static=True)
 
     def __init__(
@@ -203,7 +216,7 @@ class PopulationModel(eqx.Module):
         *,
         correlation: LKJ | None = None,
         method: str | Callable = "closed_form",
-        centered: bool | Collection[str] = False,
+        centered: bool | Collection[str] | Mapping[str, float] = False,
         ode_options: Mapping | None = None,
     ):
         if not isinstance(structural, AbstractStructuralModel):
@@ -228,16 +241,22 @@ class PopulationModel(eqx.Module):
         self.method = method
         iiv = tuple(n for n, p in self.parameters.items() if p.iiv is not None)
         if isinstance(centered, bool):
-            self.centered = iiv if centered else ()
+            weights = dict.fromkeys(iiv if centered else (), 1.0)
         elif isinstance(centered, str) or not isinstance(centered, Collection):
-            raise TypeError(f"PopulationModel(centered={centered!r}): expected True, False or a collection of "
-                            "parameter names, e.g. centered=('s0', 'm0').")
+            raise TypeError(f"PopulationModel(centered={centered!r}): expected True, False, a collection of "
+                            "parameter names, e.g. centered=('s0', 'm0'), or weights, e.g. {'kg': 0.6}.")
         else:
-            unknown = [n for n in centered if n not in iiv]
+            weights = dict(centered) if isinstance(centered, Mapping) else dict.fromkeys(centered, 1.0)
+            unknown = [n for n in weights if n not in iiv]
             if unknown:
                 raise ValueError(f"PopulationModel(centered=...): {unknown} have no IIV; expected names from "
                                  f"the parameters with iiv=... {list(iiv)}.")
-            self.centered = tuple(n for n in iiv if n in set(centered))
+            bad = {n: w for n, w in weights.items()
+                   if isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w <= 1}
+            if bad:
+                raise ValueError(f"PopulationModel(centered={bad!r}): expected centring weights from 0 "
+                                 "(non-centred) to 1 (centred).")
+        self.centered = tuple((n, float(weights[n])) for n in iiv if weights.get(n, 0) > 0)
         self.ode_options = dict(ode_options or {})
 
     def __check_init__(self):
@@ -340,8 +359,9 @@ class PopulationModel(eqx.Module):
         if self.correlation is not None:
             values["corr_iiv"] = self.correlation.init_value(len(self.iiv_names))
         for name in self.iiv_names:
-            if name in self.centered:
-                values[f"z_{name}"] = jnp.full(n_subjects, self._link(name, self._typical(name, values)), dtype=float)
+            if self.is_centered(name):  # zero deviation
+                loc = self.centring(name) * self._link(name, self._typical(name, values))
+                values[f"z_{name}"] = jnp.full(n_subjects, loc, dtype=float)
             else:
                 values[f"eta_{name}"] = jnp.zeros(n_subjects)
         return values
@@ -443,7 +463,7 @@ class PopulationModel(eqx.Module):
             return {}
         omega = {}
         for n in names:
-            if n in self.centered:
+            if self.is_centered(n):
                 continue
             prior = self.parameters[n].iiv
             if f"omega_{n}" in values:
@@ -461,7 +481,7 @@ class PopulationModel(eqx.Module):
                 "correlation matrix (or no eta_* at all for population predictions)."
             )
         if self.correlation is None:
-            return {n: values[f"eta_{n}"] if n in self.centered else omega[n] * values[f"eta_{n}"] for n in names}
+            return {n: values[f"eta_{n}"] if self.is_centered(n) else omega[n] * values[f"eta_{n}"] for n in names}
         eta = jnp.stack([values[f"eta_{n}"] for n in names], axis=-1)  # [S, P]
         chol = jnp.linalg.cholesky(values["corr_iiv"])
         dev = (eta @ chol.T) * jnp.stack([omega[n] for n in names])
@@ -565,11 +585,17 @@ class PopulationModel(eqx.Module):
         if self.iiv_names:
             with numpyro.plate("subject", events.n_subjects):
                 for name in self.iiv_names:
-                    if name in self.centered:
+                    w = self.centring(name)
+                    if w == 1.0:
                         omega = values.get(f"omega_{name}", self.parameters[name].iiv.init_value())
                         loc = self._link(name, self._typical(name, values))
                         z = numpyro.sample(f"z_{name}", dist.Normal(loc, omega))
                         values[f"eta_{name}"] = numpyro.deterministic(f"eta_{name}", z - loc)
+                    elif w > 0.0:  # partly centred: d = omega^(1 - w) (z - w loc) ~ Normal(0, omega)
+                        omega = values.get(f"omega_{name}", self.parameters[name].iiv.init_value())
+                        loc = w * self._link(name, self._typical(name, values))
+                        z = numpyro.sample(f"z_{name}", dist.Normal(loc, omega**w))
+                        values[f"eta_{name}"] = numpyro.deterministic(f"eta_{name}", omega ** (1.0 - w) * (z - loc))
                     else:
                         values[f"eta_{name}"] = numpyro.sample(f"eta_{name}", dist.Normal(0.0, 1.0))
         params = self.individual_parameters(values, events, covariate_names)
@@ -583,14 +609,21 @@ class PopulationModel(eqx.Module):
 
     # ----------------------------------------------------------------------------------------
 
+    def centring(self, name: str) -> float:
+        """``name``'s centring weight: 0 non-centred, 1 centred, between: partly centred."""
+        return dict(self.centered).get(name, 0.0)
+
     def is_centered(self, name: str) -> bool:
-        """Whether ``eta_<name>`` is the deviation itself (centred) rather than standardised."""
-        return name in self.centered
+        """Whether ``eta_<name>`` is the deviation itself (centred, fully or partly) rather than standardised."""
+        return self.centring(name) > 0.0
 
     def _centered_description(self):
-        if not self.centered:
+        weights = dict(self.centered)
+        if not weights:
             return False
-        return True if self.centered == self.iiv_names else list(self.centered)
+        if any(w != 1.0 for w in weights.values()):
+            return weights
+        return True if tuple(weights) == self.iiv_names else list(weights)
 
     def describe(self) -> dict:
         """A plain (TOML/JSON-able) description of the model, stored with every fit."""
