@@ -238,10 +238,11 @@ def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, ce
                fixed=(), without_iiv=(), priors=None, marrow_t_cells=False) -> popkpd.PopulationModel:
     """The fitted population model (module docstring, "The identifiable configuration"); the
     random effects of ``centred`` are sampled centred (``PopulationModel(centered=...)``; a dict
-    ``{name: weight}``: partly centred with those weights), the others non-centred; the parameters of ``fixed`` (of ``ESTIMATED``) are held at their
-    prior's centre (the drug's typical or calibrated value) instead of estimated, and those of
-    ``without_iiv`` keep an estimated typical value without a random effect. ``priors``
-    (``{name: {"sd": ..., "iiv": ...}}``, the config's ``[priors]``) overrides ``ESTIMATED``.
+    ``{name: weight}``: partly centred with those weights), the others non-centred; the
+    parameters of ``fixed`` (of ``ESTIMATED``) are held at their prior's centre (the drug's
+    typical or calibrated value) instead of estimated, and those of ``without_iiv`` keep an
+    estimated typical value without a random effect. ``priors`` (``{name: {"sd": ..., "iiv":
+    ...}}``, the config's ``[priors]``) overrides ``ESTIMATED``.
     ``marrow_t_cells`` (the config's ``[data] marrow_t_cells``): true makes e0 proportional to the
     patient's measured baseline marrow T cells (``T_MARROW_MEASURED``, exponent fixed at 1), so
     that e0's random effect is the measurement's error; a number does the same with that random

@@ -586,16 +586,16 @@ class PopulationModel(eqx.Module):
             with numpyro.plate("subject", events.n_subjects):
                 for name in self.iiv_names:
                     w = self.centring(name)
-                    if w == 1.0:
+                    if w > 0.0:
                         omega = values.get(f"omega_{name}", self.parameters[name].iiv.init_value())
                         loc = self._link(name, self._typical(name, values))
-                        z = numpyro.sample(f"z_{name}", dist.Normal(loc, omega))
-                        values[f"eta_{name}"] = numpyro.deterministic(f"eta_{name}", z - loc)
-                    elif w > 0.0:  # partly centred: d = omega^(1 - w) (z - w loc) ~ Normal(0, omega)
-                        omega = values.get(f"omega_{name}", self.parameters[name].iiv.init_value())
-                        loc = w * self._link(name, self._typical(name, values))
-                        z = numpyro.sample(f"z_{name}", dist.Normal(loc, omega**w))
-                        values[f"eta_{name}"] = numpyro.deterministic(f"eta_{name}", omega ** (1.0 - w) * (z - loc))
+                        if w == 1.0:
+                            z = numpyro.sample(f"z_{name}", dist.Normal(loc, omega))
+                            d = z - loc
+                        else:  # partly centred: d = omega^(1 - w) (z - w loc) ~ Normal(0, omega)
+                            z = numpyro.sample(f"z_{name}", dist.Normal(w * loc, omega**w))
+                            d = omega ** (1.0 - w) * (z - w * loc)
+                        values[f"eta_{name}"] = numpyro.deterministic(f"eta_{name}", d)
                     else:
                         values[f"eta_{name}"] = numpyro.sample(f"eta_{name}", dist.Normal(0.0, 1.0))
         params = self.individual_parameters(values, events, covariate_names)
