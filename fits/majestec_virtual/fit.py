@@ -534,9 +534,10 @@ def roc_curve(score, label):
     return fpr, tpr
 
 
-def plot_recovery(fit, truth: pd.DataFrame, ids, scores: dict, label, path: Path) -> Path:
+def plot_recovery(fit, truth: pd.DataFrame, ids, scores: dict, label, until: float, path: Path) -> Path:
     """``recovery.png``: posterior median and 90 % interval vs the true value of s0, E:T and k_exh
-    (log axes, identity line), and the ROC curves of the classification scores."""
+    (log axes, identity line), and the ROC curves of the classification scores (fit to the data up
+    to day ``until``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -560,7 +561,7 @@ def plot_recovery(fit, truth: pd.DataFrame, ids, scores: dict, label, path: Path
             ax.plot(fpr, tpr, drawstyle="steps-post", label=f"{name}: AUC {auc(score, label):.2f}")
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
         ax.legend(fontsize=6, loc="lower right")
-    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title="responders from weeks 0-8")
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title=f"responders from days 0-{until:g}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -659,7 +660,7 @@ def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = Fa
     classification = bootstrap_auc(scores, label) if both else {}
     timing["analysis_s"] = time.perf_counter() - t1
     timing["total_s"] = time.perf_counter() - t0
-    plot_recovery(fit, trial.params, dataset.ids, scores, label, out / "recovery.png")
+    plot_recovery(fit, trial.params, dataset.ids, scores, label, float(dc["until"]), out / "recovery.png")
     pop_table.to_csv(out / "population_recovery.csv", index=False)
     ind_table.to_csv(out / "individual_recovery.csv", index=False)
     pd.DataFrame({"ID": dataset.ids, "responder": label, "p_model": p_model, "sbcma0_nM": sbcma0,
@@ -708,8 +709,11 @@ def _summary_markdown(summary, pop_table, ind_table, design) -> str:
         "posterior medians vs truth; coverage: fraction of patients whose 90 % interval holds the truth; "
         "true_log_sd: spread of the true values (log scale) among these patients.", "",
         _markdown(ind_table), "",
-        f"## Early-data classification of responders ({summary['responders']} of {summary['n_patients']} respond)", "",
-        "Truth: best confirmed IMWG response >= PR over the 12 months (noise-free M-protein, monthly visits). "
+        f"## Classification of responders from the data up to day {c['data']['until']:g} "
+        f"({summary['responders']} of {summary['n_patients']} respond)", "",
+        ("" if c["data"]["until"] <= 56 else "This data cut is later than the early data (weeks 4-8) of issue 5: "
+         "the fitted model's AUC here is not an early-data classification. ")
+        + "Truth: best confirmed IMWG response >= PR over the 12 months (noise-free M-protein, monthly visits). "
         "95 % intervals: percentile bootstrap over patients (2,000 resamples, paired for the differences).", "",
         _markdown(cls) if len(cls) else "Not computed: every patient has the same response.", "",
     ])
