@@ -227,6 +227,25 @@ def test_the_script_runs_end_to_end_on_a_tiny_trial(tmp_path):
     assert np.all(np.isfinite(out["individual"][["spearman", "coverage_90"]].to_numpy()))
 
 
+def test_recovery_plot_with_a_parameter_without_iiv(tmp_path):
+    """``[fit] without_iiv = ["k_exh"]`` leaves no per-patient k_exh in the posterior: the plot says
+    so in that panel instead of failing after the fit."""
+    import types
+
+    import xarray as xr
+
+    rng = np.random.default_rng(3)
+    ids = [1, 2, 3, 4, 5, 6]
+    dims = ("chain", "draw", "subject")
+    posterior = xr.Dataset({n: (dims, rng.lognormal(size=(2, 10, 6))) for n in ("s0", "e0", "n0")})
+    fit = types.SimpleNamespace(tree={"posterior": posterior})
+    truth = pd.DataFrame({"ID": ids, **{n: rng.lognormal(size=6) for n in ("s0", "e0", "n0", "k_exh")}})
+    label = np.array([True, False, True, False, True, False])
+    path = mv.plot_recovery(fit, truth, ids, {"score": rng.normal(size=6)}, label, 56.0, tmp_path / "recovery.png")
+    assert path.is_file() and path.stat().st_size > 0
+    assert list(mv.individual_recovery(fit, truth, ids).quantity) == ["s0", "et", "e0"]  # no k_exh row
+
+
 def test_roc_curve_area_is_the_auc():
     rng = np.random.default_rng(2)
     label = rng.random(25) < 0.5

@@ -547,6 +547,11 @@ def plot_recovery(fit, truth: pd.DataFrame, ids, scores: dict, label, until: flo
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
     for ax, (name, title) in zip(axes, (("s0", "baseline sBCMA s0 (nM)"), ("et", "E:T = e0 / n0"),
                                        ("k_exh", "exhaustion rate k_exh (1/day)"))):
+        if name != "et" and name not in fit.tree["posterior"]:  # [fit] fixed or without_iiv
+            ax.set(title=title, xticks=[], yticks=[])
+            ax.text(0.5, 0.5, "one value for every patient\n([fit] fixed or without_iiv)", ha="center",
+                    va="center", transform=ax.transAxes)
+            continue
         x = _draws(fit, name)
         t = (true["e0"] / true["n0"]).to_numpy() if name == "et" else true[name].to_numpy()
         med, lo, hi = np.median(x, 0), np.quantile(x, 0.05, 0), np.quantile(x, 0.95, 0)
