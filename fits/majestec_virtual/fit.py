@@ -82,6 +82,7 @@ from popkpd._trial import simulate_trial  # noqa: E402
 from popkpd._trial.summary import responses  # noqa: E402
 
 DVID_OUTPUTS = {1: "conc", 2: "sbcma_total", 3: "m_protein", 4: "t_cells"}
+WEEK_8 = 56.0  # day of the early-data cut (issue 5: the first 4-8 weeks) and of the week-8 M-protein ratio
 COVARIATES = ["WEIGHT", "ISS", "BURDEN", "BCMA_DENSITY", "T_MARROW_MEASURED"]
 
 ESTIMATED = {
@@ -104,7 +105,7 @@ those the fit gives one value for every patient (``[fit] fixed``, ``without_iiv`
 
 DEFAULTS = {
     "trial": {"design": "majestec1", "patients": 24, "seed": 11},
-    "data": {"until": 56.0, "dvid": [1, 2, 3, 4], "marrow_t_cells": 0.4},
+    "data": {"until": WEEK_8, "dvid": [1, 2, 3, 4], "marrow_t_cells": 0.4},
     "fit": {"method": "nuts", "chains": 2, "warmup": 800, "draws": 400, "max_tree_depth": 7,
             "target_accept": 0.9, "seed": 0, "rtol": 1e-4, "atol": 1e-7, "max_steps": 4096, "processes": "auto",
             "centred": ["s0", "m0"], "dense_mass": True, "init": "pathfinder", "fixed": ["tau50_n"],
@@ -422,6 +423,12 @@ def _draws(fit, name) -> np.ndarray:
     return flat("e0") / flat("n0") if name == "et" else flat(name)
 
 
+def _per_patient(fit, name) -> bool:
+    """Whether the posterior holds a value of ``name`` per patient (not so for a parameter that
+    ``[fit] fixed`` or ``without_iiv`` gives one value for every patient)."""
+    return name == "et" or name in fit.tree["posterior"]
+
+
 def population_recovery(fit, pop, truth: dict) -> pd.DataFrame:
     """Posterior median and 90 % interval of each population site against ``truth``."""
     table = popkpd.parameter_table(fit, pop)
@@ -440,8 +447,8 @@ def individual_recovery(fit, truth: pd.DataFrame, ids) -> pd.DataFrame:
     true = truth.set_index("ID").loc[list(ids)]
     rows = []
     for name in INDIVIDUAL:
-        if name != "et" and name not in fit.tree["posterior"]:
-            continue  # fixed or without a random effect: one value for every patient
+        if not _per_patient(fit, name):
+            continue
         x = _draws(fit, name)
         t = (true["e0"] / true["n0"]).to_numpy() if name == "et" else true[name].to_numpy()
         med, lo, hi = np.median(x, 0), np.quantile(x, 0.05, 0), np.quantile(x, 0.95, 0)
@@ -547,7 +554,7 @@ def plot_recovery(fit, truth: pd.DataFrame, ids, scores: dict, label, until: flo
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
     for ax, (name, title) in zip(axes, (("s0", "baseline sBCMA s0 (nM)"), ("et", "E:T = e0 / n0"),
                                        ("k_exh", "exhaustion rate k_exh (1/day)"))):
-        if name != "et" and name not in fit.tree["posterior"]:  # [fit] fixed or without_iiv
+        if not _per_patient(fit, name):
             ax.set(title=title, xticks=[], yticks=[])
             ax.text(0.5, 0.5, "one value for every patient\n([fit] fixed or without_iiv)", ha="center",
                     va="center", transform=ax.transAxes)
@@ -654,12 +661,12 @@ def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = Fa
     label = np.asarray(responses(trial).best)[np.asarray(dataset.ids) - 1] >= category_index("PR")
     p_model = predicted_response(fit, pop, dataset, design, int(config["classify"]["draws"]))
     sbcma0 = observed_at(trial.dataset, 2, 0.0, dataset.ids)
-    week8 = observed_at(trial.dataset, 3, 56.0, dataset.ids) / observed_at(trial.dataset, 3, 0.0, dataset.ids)
+    week8 = observed_at(trial.dataset, 3, WEEK_8, dataset.ids) / observed_at(trial.dataset, 3, 0.0, dataset.ids)
     baseline = dataset.baseline_covariates()  # the fit's subjects in order
     et_measured = (baseline["T_MARROW_MEASURED"] / baseline["BURDEN"]).to_numpy()
     scores = {"baseline sBCMA (lower = response)": -sbcma0, "fitted model P(>= PR)": p_model,
               "measured baseline E:T (higher = response)": et_measured}
-    if float(dc["until"]) >= 56.0 and np.all(np.isfinite(week8)):
+    if float(dc["until"]) >= WEEK_8 and np.all(np.isfinite(week8)):
         scores["week-8 M-protein ratio (lower = response)"] = -week8
     both = 0 < label.sum() < label.size  # an AUC needs responders and non-responders
     classification = bootstrap_auc(scores, label) if both else {}
@@ -716,7 +723,7 @@ def _summary_markdown(summary, pop_table, ind_table, design) -> str:
         _markdown(ind_table), "",
         f"## Classification of responders from the data up to day {c['data']['until']:g} "
         f"({summary['responders']} of {summary['n_patients']} respond)", "",
-        ("" if c["data"]["until"] <= 56 else "This data cut is later than the early data (weeks 4-8) of issue 5: "
+        ("" if c["data"]["until"] <= WEEK_8 else "This data cut is later than the early data (weeks 4-8) of issue 5: "
          "the fitted model's AUC here is not an early-data classification. ")
         + "Truth: best confirmed IMWG response >= PR over the 12 months (noise-free M-protein, monthly visits). "
         "95 % intervals: percentile bootstrap over patients (2,000 resamples, paired for the differences).", "",
