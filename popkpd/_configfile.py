@@ -40,6 +40,8 @@ A complete example (``fits/theophylline/config.toml``)::
                                            # IIV only; better when every subject has rich data); or
                                            # the names to centre, ["cl"], or centring weights from 0
                                            # to 1, { cl = 0.6 } (PopulationModel's centered)
+    iiv_shares = { pk = ["cl", "vc"] }     # optional: these omegas sampled as their total and its
+                                           # shares, same HalfNormal priors (PopulationModel's iiv_shares)
     devices = "all"                        # optional: split the subjects over all JAX devices (or
                                            # the first N: devices = 2); chains then run vectorised
                                            # on them (popkpd.fit(devices=...), docs/scaling.md)
@@ -79,7 +81,7 @@ _ERRORS = {
     "lognormal": (_res.LogNormalError, ("sigma",)),
 }
 _FIT_KEYS = {"method", "prediction", "chains", "warmup", "draws", "seed", "target_accept", "max_tree_depth",
-             "dense_mass", "chain_method", "init", "rtol", "atol", "solver", "centered", "devices"}
+             "dense_mass", "chain_method", "init", "rtol", "atol", "solver", "centered", "iiv_shares", "devices"}
 
 
 class ConfigError(ValueError):
@@ -221,10 +223,14 @@ def load_config(path) -> FitConfig:
     prediction = fit_options.pop("prediction", "closed_form")
     ode_options = {k: fit_options.pop(k) for k in ("rtol", "atol", "solver") if k in fit_options}
     centered = fit_options.pop("centered", False)
+    shares = fit_options.pop("iiv_shares", {})
     try:
         population = PopulationModel(structural, parameters, error, method=prediction, ode_options=ode_options,
-                                     centered=centered)
+                                     centered=centered, iiv_shares=shares)
     except (TypeError, ValueError) as e:
+        if "iiv_shares" in str(e):
+            _fail(path, "fit.iiv_shares", shares, f"a table of groups of parameters with iiv = {{ halfnormal = ... }}, "
+                  f'e.g. {{ pk = ["cl", "vc"] }} ({e})')
         if "centered" not in str(e):
             raise
         _fail(path, "fit.centered", centered, f"true, false, a list of parameters with iiv or a table of "

@@ -62,6 +62,8 @@ def test_covariates_and_priors_are_built(tmp_path):
         (("[error]\nconc", "[erorr]\nconc"), r"missing section \[error\]"),
         (("[error]", "[fit]\ncentered = [\"vc\"]\n[error]"), r"\[fit.centered\] received \['vc'\].*\['vc'\] have no IIV"),
         (("[error]", "[fit]\ncentered = { cl = 2.0 }\n[error]"), r"\[fit.centered\] received \{'cl': 2.0\}.*weights from 0"),
+        (("[error]", "[fit]\niiv_shares = { pk = [\"cl\", \"vc\"] }\n[error]"),
+         r"\[fit.iiv_shares\] received \{'pk': \['cl', 'vc'\]\}.*'vc' has no IIV"),
     ],
 )
 def test_config_mistakes_are_explained(tmp_path, change, match):
@@ -76,6 +78,13 @@ def test_centered_names_or_weights(tmp_path):
     weights = load_config(write(tmp_path, BASE + "[fit]\ncentered = { cl = 0.6, ka = 0.3 }\n")).population
     assert (weights.centring("cl"), weights.centring("ka")) == (0.6, 0.3)
     assert load_config(write(tmp_path, BASE + "[fit]\ncentered = true\n")).population.describe()["centered"] is True
+
+
+def test_iiv_shares(tmp_path):
+    """``iiv_shares`` as in PopulationModel: the group's omegas become one total and its shares."""
+    population = load_config(write(tmp_path, BASE + '[fit]\niiv_shares = { pk = ["cl", "ka"] }\n')).population
+    assert population.iiv_shares == (("pk", ("cl", "ka")),)
+    assert {"iiv_total_pk", "iiv_share_pk"} <= set(population.init_values(2))
 
 
 def test_missing_file_and_bad_toml(tmp_path):

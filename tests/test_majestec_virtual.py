@@ -55,6 +55,15 @@ def test_centred_list_or_table_of_weights(tmp_path):
     assert dict(shipped.centered) == {"s0": 1.0, "m0": 1.0}
 
 
+def test_iiv_shares_group(tmp_path):
+    """``[fit] iiv_shares``: the group's omegas are sampled as a total and its shares (run 24)."""
+    path = tmp_path / "shares.toml"
+    path.write_text('[fit]\niiv_shares = {kill = ["kmax", "k_exh"]}\n')
+    pop = mv.fitted_population(mv.load_config(path))
+    assert pop.iiv_shares == (("kill", ("kmax", "k_exh")),)
+    assert {"iiv_total_kill", "iiv_share_kill"} <= set(pop.init_values(2)) and "omega_kmax" not in pop.init_values(2)
+
+
 def test_priors_override_the_estimated_defaults(tmp_path):
     """``[priors]`` replaces the prior of the keys it gives and leaves the rest as ``ESTIMATED``."""
     path = tmp_path / "priors.toml"
@@ -87,6 +96,11 @@ def test_priors_override_the_estimated_defaults(tmp_path):
     ('[fit]\ncentred = ["s0", "tau50_n"]\n', r"centred = \['s0', 'tau50_n'\]; expected a list of parameters with a random"),
     ("[fit]\ncentred = {s0 = 1.0, kg = 1.5}\n", r"centred = \{'s0': 1.0, 'kg': 1.5\}; .* centring weights from 0"),
     ("[fit]\ncentred = {tau50_n = 0.5}\n", r"centred = \{'tau50_n': 0.5\}; expected a list"),
+    ('[fit]\niiv_shares = {kill = ["kmax"]}\n', r"iiv_shares = \{'kill': \['kmax'\]\}; expected a table of groups of two"),
+    ('[fit]\niiv_shares = {kill = ["kmax", "tau50_n"]}\n', r"iiv_shares = .*expected a table of groups"),
+    ('[fit]\nwithout_iiv = ["kmax"]\niiv_shares = {kill = ["kmax", "k_exh"]}\n', r"iiv_shares = .*expected a table"),
+    ('[fit]\niiv_shares = {a = ["kmax", "kg"], b = ["kmax", "k_exh"]}\n', r"each in one group at most"),
+    ('[fit]\niiv_shares = ["kmax", "k_exh"]\n', r"iiv_shares = \['kmax', 'k_exh'\]; expected a table"),
     ("[priors]\nchi = {sd = 0.2}\n", r"\[priors\] chi is not an estimated parameter"),
     ("[priors]\ncl = 0.2\n", r"\[priors\] cl = 0.2; expected a table with keys sd and/or iiv"),
     ("[priors]\ncl = {sd = 0.2, scale = 1}\n", r"expected a table with keys sd and/or iiv"),

@@ -421,7 +421,7 @@ def test_centred_identity_link_is_centred_on_the_typical_value():
     np.testing.assert_allclose(trace["eta_vc"]["value"], e, rtol=1e-12)
 
 
-def test_partly_centred_random_effects():
+def test_centred_for_some_parameters_only():
     """centered=("cl",): cl's effect is the deviation itself, vc's stays standardised; the log
     density is the scipy sum of both kinds of prior and the likelihood."""
     events = make_events(SUBJECTS, 2)
@@ -487,6 +487,77 @@ def test_partly_centred_random_effects():
     for bad in (1.5, -0.1, True, "half"):
         with pytest.raises(ValueError, match="centring weights from 0"):
             PopulationModel(IV, parameters, Additive(Fixed(0.5)), method=iv_bolus, centered={"cl": bad})
+
+
+def _halfnormal_pair_in_shares(omega, scale):
+    """(total, shares) of ``iiv_shares``, written here: u = omega / scale, total = sum(u**2), shares u**2 / total."""
+    u = np.asarray(omega) / np.asarray(scale)
+    return float((u**2).sum()), u**2 / (u**2).sum()
+
+
+@pytest.mark.parametrize("scales", [(0.4, 0.8), (1.0, 0.5, 2.0)])
+def test_iiv_shares_keep_the_halfnormal_prior(scales):
+    """The change of variables omega -> (total, shares) maps the Chi2(k) x Dirichlet(1/2, ...) prior
+    onto independent HalfNormal(scale_i) omegas: log densities (scipy) plus the log-Jacobian
+    (finite differences, here) agree at any point."""
+    k = len(scales)
+    rng = np.random.default_rng(3)
+    for omega in rng.uniform(0.05, 2.5, size=(5, k)):
+        def coords(w):  # (total, the first k - 1 shares): the sampled sites' free coordinates
+            total, share = _halfnormal_pair_in_shares(w, scales)
+            return np.concatenate([[total], share[:-1]])
+
+        h = 1e-6
+        jac = np.column_stack([(coords(omega + h * e) - coords(omega - h * e)) / (2 * h) for e in np.eye(k)])
+        total, share = _halfnormal_pair_in_shares(omega, scales)
+        new = st.chi2.logpdf(total, k) + st.dirichlet.logpdf(share, [0.5] * k) + np.log(abs(np.linalg.det(jac)))
+        old = sum(st.halfnorm.logpdf(w, scale=s) for w, s in zip(omega, scales))
+        np.testing.assert_allclose(new, old, rtol=0, atol=1e-7)
+
+
+def test_iiv_shares_in_the_model():
+    """iiv_shares={"pk": ("cl", "vc")}: sampled iiv_total_pk ~ Chi2(2) and iiv_share_pk ~ Dirichlet(1/2,
+    1/2); omega_cl = 0.4 sqrt(total share_0), omega_vc = 0.8 sqrt(total share_1) recorded; the log
+    density is the scipy sum; init values put every omega at its HalfNormal median; bad groups refused."""
+    events = make_events(SUBJECTS, 2)
+    parameters = {"cl": Parameter(LogNormal(2.0, 0.5), iiv=HalfNormal(0.4)),
+                  "vc": Parameter(LogNormal(20.0, 0.5), iiv=HalfNormal(0.8))}
+    pm = PopulationModel(IV, parameters, Additive(Fixed(0.5)), method=iv_bolus, iiv_shares={"pk": ("cl", "vc")})
+    assert pm.describe()["iiv_shares"] == {"pk": ["cl", "vc"]}
+    assert pm.population_sites()[-2:] == ["iiv_total_pk", "iiv_share_pk"] and "omega_cl" in pm.population_sites()
+    total, share = 1.7, np.array([0.3, 0.7])
+    eta_cl, eta_vc = np.array([0.5, -1.0, 0.2]), np.array([-0.4, 0.3, 1.1])
+    values = {"cl_pop": 2.2, "vc_pop": 18.0, "iiv_total_pk": total, "iiv_share_pk": jnp.asarray(share),
+              "eta_cl": jnp.asarray(eta_cl), "eta_vc": jnp.asarray(eta_vc)}
+    lp, trace = log_density(pm.model, (events,), {"covariate_names": COVS}, values)
+    omega_cl, omega_vc = 0.4 * np.sqrt(total * 0.3), 0.8 * np.sqrt(total * 0.7)
+    np.testing.assert_allclose(trace["omega_cl"]["value"], omega_cl, rtol=1e-13)
+    np.testing.assert_allclose(trace["omega_vc"]["value"], omega_vc, rtol=1e-13)
+    cl, vc = 2.2 * np.exp(omega_cl * eta_cl), 18.0 * np.exp(omega_vc * eta_vc)
+    np.testing.assert_allclose(trace["cl"]["value"], cl, rtol=1e-13)
+    ref = (st.lognorm.logpdf(2.2, s=0.5, scale=2.0) + st.lognorm.logpdf(18.0, s=0.5, scale=20.0)
+           + st.chi2.logpdf(total, 2) + st.dirichlet.logpdf(share, [0.5, 0.5])
+           + st.norm.logpdf(eta_cl).sum() + st.norm.logpdf(eta_vc).sum())
+    for s in range(3):
+        td, amt, t, dv, cens, _ = subject_arrays(events, s)
+        f = iv_bolus_np(cl[s], vc[s], td, amt, t)
+        ref += np.where(cens == 1, st.norm.logcdf((dv - f) / 0.5), st.norm.logpdf(dv, f, 0.5)).sum()
+    np.testing.assert_allclose(float(lp), ref, atol=ATOL)
+    init = pm.init_values(3)
+    assert set(init) == {"cl_pop", "vc_pop", "iiv_total_pk", "iiv_share_pk", "eta_cl", "eta_vc"}
+    t0, s0 = float(init["iiv_total_pk"]), np.asarray(init["iiv_share_pk"])
+    np.testing.assert_allclose([0.4 * np.sqrt(t0 * s0[0]), 0.8 * np.sqrt(t0 * s0[1])],
+                               [st.halfnorm.median(scale=0.4), st.halfnorm.median(scale=0.8)], rtol=1e-12)
+    one = {"cl": parameters["cl"], "vc": 20.0}
+    fixed = {"cl": parameters["cl"], "vc": Parameter(LogNormal(20.0, 0.5), iiv=Fixed(0.3))}
+    for given, bad, match in [(parameters, {"pk": ("cl",)}, "two or more distinct"),
+                              (one, {"pk": ("cl", "vc")}, "'vc' has no IIV"),
+                              (fixed, {"pk": ("cl", "vc")}, "'vc' has iiv="),
+                              (parameters, {"pk": ("cl", "ka")}, "'ka' is not a parameter"),
+                              (parameters, {"a": ("cl", "vc"), "b": ("vc", "cl")}, "in groups 'a' and 'b'"),
+                              (parameters, {"p k": ("cl", "vc")}, "expected an identifier")]:
+        with pytest.raises(ValueError, match=match):
+            PopulationModel(IV, given, Additive(Fixed(0.5)), method=iv_bolus, iiv_shares=bad)
 
 
 def test_time_varying_covariate_gives_s_by_c_parameter():

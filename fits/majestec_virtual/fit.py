@@ -109,7 +109,7 @@ DEFAULTS = {
     "fit": {"method": "nuts", "chains": 2, "warmup": 800, "draws": 400, "max_tree_depth": 7,
             "target_accept": 0.9, "seed": 0, "rtol": 1e-4, "atol": 1e-7, "max_steps": 4096, "processes": "auto",
             "centred": ["s0", "m0"], "dense_mass": True, "init": "pathfinder", "fixed": ["tau50_n"],
-            "without_iiv": []},
+            "without_iiv": [], "iiv_shares": {}},
     "priors": {},
     "classify": {"draws": 100},
 }
@@ -187,6 +187,13 @@ def load_config(path: Path | None) -> dict:
         raise ValueError(f"{path}: [fit] {sorted(set(without) & (set(centred) | set(fixed)))} in without_iiv and "
                          "in centred or fixed; without a random effect there is nothing to centre, and a fixed "
                          "parameter is not estimated. Remove it from one of the lists.")
+    shares = config["fit"]["iiv_shares"]
+    members = [n for names in shares.values() for n in names] if isinstance(shares, dict) else [None]
+    if (not isinstance(shares, dict) or not all(isinstance(v, list) and len(v) >= 2 for v in shares.values())
+            or not set(members) <= set(with_iiv) - set(without) - set(fixed) or len(set(members)) != len(members)):
+        raise ValueError(f"{path}: [fit] iiv_shares = {shares!r}; expected a table of groups of two or more "
+                         f"parameters with a random effect, from {with_iiv}, each in one group at most, e.g. "
+                         "{kill = [\"kmax\", \"k_exh\"]} (their omegas sampled as a total and its shares).")
     return config
 
 
@@ -236,7 +243,8 @@ def _covariate_effects(marrow_t_cells: bool | float = False) -> dict:
 
 
 def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, centred=(),
-               fixed=(), without_iiv=(), priors=None, marrow_t_cells=False) -> popkpd.PopulationModel:
+               fixed=(), without_iiv=(), priors=None, marrow_t_cells=False,
+               iiv_shares=None) -> popkpd.PopulationModel:
     """The fitted population model (module docstring, "The identifiable configuration"); the
     random effects of ``centred`` are sampled centred (``PopulationModel(centered=...)``; a dict
     ``{name: weight}``: partly centred with those weights), the others non-centred; the
@@ -247,7 +255,9 @@ def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, ce
     ``marrow_t_cells`` (the config's ``[data] marrow_t_cells``): true makes e0 proportional to the
     patient's measured baseline marrow T cells (``T_MARROW_MEASURED``, exponent fixed at 1), so
     that e0's random effect is the measurement's error; a number does the same with that random
-    effect's sd fixed at the number (the assay's log-sd, known from its validation)."""
+    effect's sd fixed at the number (the assay's log-sd, known from its validation).
+    ``iiv_shares`` (``{group: [name, ...]}``, the config's ``[fit] iiv_shares``): those omegas are
+    sampled as their total and its shares (``PopulationModel(iiv_shares=...)``; same prior)."""
     model = popkpd.BCMAModel(layers=3, clearance=teclistamab.MODEL.clearance)
     centre, effects = centres(), _covariate_effects(marrow_t_cells)
     parameters = {}
@@ -271,7 +281,8 @@ def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, ce
     }
     centred = dict(centred) if isinstance(centred, dict) else tuple(centred)
     return popkpd.PopulationModel(model, parameters, error, method="ode", centered=centred,
-                                  ode_options={"rtol": rtol, "atol": atol, "max_steps": max_steps})
+                                  ode_options={"rtol": rtol, "atol": atol, "max_steps": max_steps},
+                                  iiv_shares=iiv_shares)
 
 
 def population_truth(design, marrow_t_cells: bool | float = False) -> dict:
@@ -316,7 +327,7 @@ def fitted_population(config: dict) -> popkpd.PopulationModel:
     fc = config["fit"]
     return population(fc["rtol"], fc["atol"], int(fc["max_steps"]), centred=fc["centred"], fixed=fc["fixed"],
                       without_iiv=fc["without_iiv"], priors=config["priors"],
-                      marrow_t_cells=config["data"]["marrow_t_cells"])
+                      marrow_t_cells=config["data"]["marrow_t_cells"], iiv_shares=fc["iiv_shares"])
 
 
 def fitted_data(config: dict, trial_csv: Path):

@@ -48,6 +48,11 @@ site                        shape       meaning
 ==========================  ==========  =====================================================
 ``<param>_pop``             ()          typical value (parameter unit); absent when Fixed
 ``omega_<param>``           ()          sd of the random effect on the link scale
+                                        (deterministic for a parameter in ``iiv_shares``)
+``iiv_total_<group>``       ()          ``iiv_shares`` only: sum of the group's squared
+                                        omega / HalfNormal scale, ~ Chi2(k)
+``iiv_share_<group>``       [k]         ``iiv_shares`` only: each omega's share of that
+                                        total, ~ Dirichlet(1/2, ..., 1/2)
 ``eta_<param>``             [S]         random effect (standardised unless ``centered``;
                                         centred: deterministic, the deviation ``d``)
 ``z_<param>``               [S]         centred only: the sampled value (fully centred: on the
@@ -83,7 +88,7 @@ import numpyro.distributions.distribution  # noqa: F401  (see _link_numpyro_subm
 from .._events import Events, host_readable
 from .._structural.base import AbstractStructuralModel
 from .covariates import AbstractCovariateEffect
-from .priors import LKJ, AbstractPrior, Fixed, LogitNormal, as_prior
+from .priors import LKJ, AbstractPrior, Fixed, HalfNormal, LogitNormal, as_prior
 from .residual import AbstractResidualError, ObservationDistribution
 
 
@@ -167,6 +172,37 @@ class Parameter(eqx.Module):
         return out
 
 
+def _check_iiv_shares(groups, parameters: dict) -> tuple:
+    """``PopulationModel(iiv_shares=...)`` as ``((group, (name, ...)), ...)``, or a ValueError."""
+    if not groups:
+        return ()
+    if not isinstance(groups, Mapping):
+        raise TypeError(f"PopulationModel(iiv_shares={groups!r}): expected a mapping {{group: (name, name, ...)}}, "
+                        "e.g. iiv_shares={'kill': ('kmax', 'k_exh')}.")
+    out, seen = [], {}
+    for group, names in groups.items():
+        if not (isinstance(group, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", group)):
+            raise ValueError(f"PopulationModel(iiv_shares=...): group name {group!r}; expected an identifier "
+                             "(letters, digits, _), e.g. 'kill'.")
+        names = (names,) if isinstance(names, str) else tuple(names)
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise ValueError(f"PopulationModel(iiv_shares={{{group!r}: {list(names)}}}): expected two or more "
+                             "distinct parameters whose omegas share one total.")
+        for name in names:
+            par = parameters.get(name)
+            if par is None or not isinstance(par.iiv, HalfNormal):
+                got = "is not a parameter" if par is None else (
+                    "has no IIV" if par.iiv is None else f"has iiv={par.iiv.describe()}")
+                raise ValueError(f"PopulationModel(iiv_shares={{{group!r}: {list(names)}}}): {name!r} {got}; "
+                                 "expected parameters with iiv=HalfNormal(scale) (the split keeps that prior).")
+            if name in seen:
+                raise ValueError(f"PopulationModel(iiv_shares=...): {name!r} is in groups {seen[name]!r} and "
+                                 f"{group!r}; expected each parameter in one group at most.")
+            seen[name] = group
+        out.append((group, names))
+    return tuple(out)
+
+
 def _site(name: str, prior: AbstractPrior):
     """Sample ``name`` from ``prior``, or return the fixed value (no site)."""
     if isinstance(prior, Fixed):
@@ -198,6 +234,16 @@ class PopulationModel(eqx.Module):
         names: centred for those only; a mapping ``{name: w}``, ``0 <= w <= 1``: partly centred
         with weight ``w`` (above; 1 centred, 0 non-centred); ``False`` (default): non-centred.
         Diagonal IIV only.
+    iiv_shares
+        ``{group: (name, name, ...)}``: the omegas of these parameters (each with a
+        ``HalfNormal(s_i)`` prior) are sampled as their total and its shares instead of one by
+        one, with the same prior: ``u_i = omega_i / s_i`` are independent HalfNormal(1), so
+        ``iiv_total_<group> = sum(u_i**2) ~ Chi2(k)`` and ``iiv_share_<group> = u**2 / total ~
+        Dirichlet(1/2, ..., 1/2)``, independent of it; ``omega_i = s_i sqrt(total * share_i)``
+        is recorded as a deterministic site. For effects the data tell apart only in sum (two
+        parameters that both speed up the tumour's decline), the posterior of the omegas is
+        an arc ``sum(u_i**2) ~ const``, which NUTS, even with a dense mass matrix, crosses
+        slowly; in these coordinates the arc is a line along the shares.
     """
 
     structural: AbstractStructuralModel
@@ -207,6 +253,7 @@ class PopulationModel(eqx.Module):
     method: str | Callable = eqx.field(static=True)
     centered: tuple = eqx.field(static=True)  # ((name, weight), ...) for the weights > 0, IIV order
     ode_options: dict = eqx.field(static=True)
+    iiv_shares: tuple = eqx.field(static=True)  # ((group, (name, ...)), ...)
 
     def __init__(
         self,
@@ -218,6 +265,7 @@ class PopulationModel(eqx.Module):
         method: str | Callable = "closed_form",
         centered: bool | Collection[str] | Mapping[str, float] = False,
         ode_options: Mapping | None = None,
+        iiv_shares: Mapping[str, Collection[str]] | None = None,
     ):
         if not isinstance(structural, AbstractStructuralModel):
             raise TypeError(
@@ -258,6 +306,7 @@ class PopulationModel(eqx.Module):
                                  "(non-centred) to 1 (centred).")
         self.centered = tuple((n, float(weights[n])) for n in iiv if weights.get(n, 0) > 0)
         self.ode_options = dict(ode_options or {})
+        self.iiv_shares = _check_iiv_shares(iiv_shares, self.parameters)
 
     def __check_init__(self):
         name_s = type(self.structural).__name__
@@ -332,10 +381,26 @@ class PopulationModel(eqx.Module):
         return tuple(n for n, p in self.parameters.items() if p.iiv is not None or p.covariates)
 
     def population_sites(self) -> list[str]:
-        """Names of the sampled population-level sites (the usual summary), in model order."""
+        """Names of the population-level sites (the usual summary), in model order: the sampled
+        ones, and the omegas of ``iiv_shares`` groups (deterministic) with their groups' sites."""
+        groups = [f"iiv_{part}_{group}" for group, _ in self.iiv_shares for part in ("total", "share")]
         return [name for name, prior in self._population_priors().items() if not isinstance(prior, Fixed)] + (
             ["corr_iiv"] if self.correlation is not None else []
-        )
+        ) + groups
+
+    def _shared_omega(self, site: str) -> bool:
+        """Whether ``site`` is the omega of a parameter in an ``iiv_shares`` group."""
+        return any(site == f"omega_{n}" for _, names in self.iiv_shares for n in names)
+
+    def _iiv_share_sites(self, values: dict) -> None:
+        """Sample each ``iiv_shares`` group's total and shares; put its omegas into ``values``."""
+        for group, names in self.iiv_shares:
+            k = len(names)
+            total = numpyro.sample(f"iiv_total_{group}", dist.Chi2(float(k)))
+            share = numpyro.sample(f"iiv_share_{group}", dist.Dirichlet(jnp.full(k, 0.5)))
+            for j, name in enumerate(names):
+                omega = self.parameters[name].iiv.scale * jnp.sqrt(total * share[j])
+                values[f"omega_{name}"] = numpyro.deterministic(f"omega_{name}", omega)
 
     def _population_priors(self) -> dict[str, AbstractPrior]:
         priors = {}
@@ -354,8 +419,12 @@ class PopulationModel(eqx.Module):
         values = {
             name: jnp.asarray(prior.init_value(), dtype=float)
             for name, prior in self._population_priors().items()
-            if not isinstance(prior, Fixed)
+            if not isinstance(prior, Fixed) and not self._shared_omega(name)
         }
+        for group, names in self.iiv_shares:  # every omega at its prior median
+            k = len(names)
+            values[f"iiv_total_{group}"] = jnp.asarray(k * HalfNormal(1.0).init_value() ** 2)
+            values[f"iiv_share_{group}"] = jnp.full(k, 1.0 / k)
         if self.correlation is not None:
             values["corr_iiv"] = self.correlation.init_value(len(self.iiv_names))
         for name in self.iiv_names:
@@ -577,9 +646,12 @@ class PopulationModel(eqx.Module):
             self.check(events, covariate_names)
         values = {}
         for name, prior in self._population_priors().items():
+            if self._shared_omega(name):
+                continue
             value = _site(name, prior)
             if not isinstance(prior, Fixed):
                 values[name] = value
+        self._iiv_share_sites(values)
         if self.correlation is not None:
             values["corr_iiv"] = numpyro.sample("corr_iiv", self.correlation.distribution(len(self.iiv_names)))
         if self.iiv_names:
@@ -639,6 +711,8 @@ class PopulationModel(eqx.Module):
             "method": self.method if isinstance(self.method, str) else getattr(self.method, "__name__", repr(self.method)),
             "centered": self._centered_description(),
         }
+        if self.iiv_shares:
+            out["iiv_shares"] = {group: list(names) for group, names in self.iiv_shares}
         if self.correlation is not None:
             out["correlation"] = self.correlation.describe()
         if self.ode_options:
