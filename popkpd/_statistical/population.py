@@ -243,7 +243,9 @@ class PopulationModel(eqx.Module):
         is recorded as a deterministic site. For effects the data tell apart only in sum (two
         parameters that both speed up the tumour's decline), the posterior of the omegas is
         an arc ``sum(u_i**2) ~ const``, which NUTS, even with a dense mass matrix, crosses
-        slowly; in these coordinates the arc is a line along the shares.
+        slowly; in these coordinates the arc is a line along the shares. They do not speed up
+        a move along it that every patient's random effect must follow (non-centred effects
+        scale with their omega): fits/majestec_virtual/README.md, run 24.
     """
 
     structural: AbstractStructuralModel
