@@ -114,6 +114,18 @@ def subject_arrays(events, s):
             np.asarray(events.obs_cens[s])[m], np.asarray(events.obs_output[s])[m])
 
 
+def additive_loglik(events, cl, vc, sd):
+    """Reference log-likelihood, summed over subjects: one-compartment IV bolus (per-subject cl, vc,
+    or one value for all), additive normal error of sd ``sd``, censored rows (cens 1) by M3."""
+    n = events.obs_mask.shape[0]
+    cl, vc = np.broadcast_to(cl, (n,)), np.broadcast_to(vc, (n,))
+    total = 0.0
+    for s in range(n):
+        td, amt, t, dv, cens, _ = subject_arrays(events, s)
+        f = iv_bolus_np(cl[s], vc[s], td, amt, t)
+        total += np.where(cens == 1, st.norm.logcdf((dv - f) / sd), st.norm.logpdf(dv, f, sd)).sum()
+    return total
+
 # ------------------------------------------------------------------------------------------------
 # priors
 
@@ -358,10 +370,7 @@ def test_correlated_iiv_with_lkj():
            + st.halfnorm.logpdf(0.3, scale=0.4) + st.halfnorm.logpdf(0.25, scale=0.3) + st.halfnorm.logpdf(0.4, scale=1.0)
            + st.beta.logpdf((r + 1) / 2, 2.0, 2.0) - np.log(2.0)
            + st.norm.logpdf(eta_cl).sum() + st.norm.logpdf(eta_vc).sum())
-    for s in range(3):
-        td, amt, t, dv, cens, _ = subject_arrays(events, s)
-        f = iv_bolus_np(cl[s], vc[s], td, amt, t)
-        ref += np.where(cens == 1, st.norm.logcdf((dv - f) / 0.4), st.norm.logpdf(dv, f, 0.4)).sum()
+    ref += additive_loglik(events, cl, vc, 0.4)
     np.testing.assert_allclose(float(lp), ref, atol=ATOL)
     assert pm.population_sites()[-1] == "corr_iiv"
 
@@ -402,10 +411,7 @@ def test_centred_random_effects():
     assert set(pm.init_values(3)) == {"cl_pop", "omega_cl", "z_cl"}
     np.testing.assert_allclose(pm.init_values(3)["z_cl"], [np.log(2.0)] * 3)  # at the prior median
     ref = st.lognorm.logpdf(2.0, s=0.5, scale=2.0) + st.halfnorm.logpdf(0.3, scale=0.4) + st.norm.logpdf(eta, 0, 0.3).sum()
-    for s in range(3):
-        td, amt, t, dv, cens, _ = subject_arrays(events, s)
-        f = iv_bolus_np(2.0 * np.exp(eta[s]), 20.0, td, amt, t)
-        ref += np.where(cens == 1, st.norm.logcdf((dv - f) / 0.5), st.norm.logpdf(dv, f, 0.5)).sum()
+    ref += additive_loglik(events, 2.0 * np.exp(eta), 20.0, 0.5)
     np.testing.assert_allclose(float(lp), ref, atol=ATOL)
 
 
@@ -438,10 +444,7 @@ def test_centred_for_some_parameters_only():
     np.testing.assert_allclose(trace["vc"]["value"], vc, rtol=1e-13)
     ref = (st.lognorm.logpdf(2.0, s=0.5, scale=2.0) + st.halfnorm.logpdf(0.3, scale=0.4) + st.norm.logpdf(d_cl, 0, 0.3).sum()
            + st.lognorm.logpdf(20.0, s=0.5, scale=20.0) + st.halfnorm.logpdf(0.2, scale=0.4) + st.norm.logpdf(z_vc).sum())
-    for s in range(3):
-        td, amt, t, dv, cens, _ = subject_arrays(events, s)
-        f = iv_bolus_np(cl[s], vc[s], td, amt, t)
-        ref += np.where(cens == 1, st.norm.logcdf((dv - f) / 0.5), st.norm.logpdf(dv, f, 0.5)).sum()
+    ref += additive_loglik(events, cl, vc, 0.5)
     np.testing.assert_allclose(float(lp), ref, atol=ATOL)
     every = PopulationModel(IV, pm.parameters, pm.error, method=iv_bolus, centered=("vc", "cl"))
     assert every.centered == (("cl", 1.0), ("vc", 1.0)) and every.describe()["centered"] is True
@@ -468,10 +471,7 @@ def test_partly_centred_random_effects():
     np.testing.assert_allclose(trace["eta_cl"]["value"], d, rtol=1e-12)  # the deviation, recorded
     ref = (st.lognorm.logpdf(cl_pop, s=0.5, scale=2.0) + st.halfnorm.logpdf(omega, scale=0.4)
            + st.norm.logpdf(z, w * np.log(cl_pop), omega**w).sum())
-    for s in range(3):
-        td, amt, t, dv, cens, _ = subject_arrays(events, s)
-        f = iv_bolus_np(cl[s], 20.0, td, amt, t)
-        ref += np.where(cens == 1, st.norm.logcdf((dv - f) / 0.5), st.norm.logpdf(dv, f, 0.5)).sum()
+    ref += additive_loglik(events, cl, 20.0, 0.5)
     np.testing.assert_allclose(float(lp), ref, atol=ATOL)
     np.testing.assert_allclose(pm.init_values(3)["z_cl"], [w * np.log(2.0)] * 3)  # zero deviation
     # the same subjects' values: d ~ Normal(0, omega) whatever the weight
@@ -538,10 +538,7 @@ def test_iiv_shares_in_the_model():
     ref = (st.lognorm.logpdf(2.2, s=0.5, scale=2.0) + st.lognorm.logpdf(18.0, s=0.5, scale=20.0)
            + st.chi2.logpdf(total, 2) + st.dirichlet.logpdf(share, [0.5, 0.5])
            + st.norm.logpdf(eta_cl).sum() + st.norm.logpdf(eta_vc).sum())
-    for s in range(3):
-        td, amt, t, dv, cens, _ = subject_arrays(events, s)
-        f = iv_bolus_np(cl[s], vc[s], td, amt, t)
-        ref += np.where(cens == 1, st.norm.logcdf((dv - f) / 0.5), st.norm.logpdf(dv, f, 0.5)).sum()
+    ref += additive_loglik(events, cl, vc, 0.5)
     np.testing.assert_allclose(float(lp), ref, atol=ATOL)
     init = pm.init_values(3)
     assert set(init) == {"cl_pop", "vc_pop", "iiv_total_pk", "iiv_share_pk", "eta_cl", "eta_vc"}
