@@ -77,7 +77,27 @@ def test_priors_override_the_estimated_defaults(tmp_path):
     assert (float(vc.typical.sd), float(vc.iiv.scale)) == mv.ESTIMATED["vc"]
 
 
+def test_trial_without_iiv_keeps_the_patients(tmp_path):
+    """``[trial] without_iiv``: those parameters at their typical value for every patient; the
+    covariates and the other random effects are the design's trial's, draw for draw."""
+    path = tmp_path / "well_specified.toml"
+    path.write_text('[trial]\nwithout_iiv = ["chi", "k_rec"]\n')
+    design = mv.trial_design(mv.load_config(path)["trial"])
+    shipped = mv.trial_design(mv.load_config(None)["trial"])
+    assert shipped is mv.virtual_populations.DESIGNS["majestec1"]
+    assert design.population.iiv["chi"] == 0.0 and design.population.iiv["kmax"] == shipped.population.iiv["kmax"]
+    cov, eta = mv.popkpd.sample_population(design.population, 24, 11)
+    cov0, eta0 = mv.popkpd.sample_population(shipped.population, 24, 11)
+    pd.testing.assert_frame_equal(cov, cov0)
+    assert (eta["chi"] == 0).all() and (eta["k_rec"] == 0).all() and not (eta0["chi"] == 0).any()
+    pd.testing.assert_frame_equal(eta.drop(columns=["chi", "k_rec"]), eta0.drop(columns=["chi", "k_rec"]))
+    assert mv.population_truth(design) == mv.population_truth(shipped)  # chi, k_rec are not fitted
+
+
 @pytest.mark.parametrize("text, message", [
+    ('[trial]\ndesign = "majestec"\n', r"\[trial\] design = 'majestec'; expected one of \['magnetismm3', 'majestec1'\]"),
+    ('[trial]\nwithout_iiv = ["cl3"]\n', r"\[trial\] without_iiv = \['cl3'\]; expected a list of parameters with IIV"),
+    ('[trial]\nwithout_iiv = "chi"\n', r"\[trial\] without_iiv = 'chi'; expected a list"),
     ("[fit]\nchain = 2\n", r"\[fit\] has unknown keys \['chain'\]"),
     ("[sampler]\nchains = 2\n", r"section \[sampler\] is not known"),
     ("[fit]\nchains = 0\n", r"\[fit\] chains = 0; expected a whole number from 1 to 1000"),

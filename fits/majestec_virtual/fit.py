@@ -55,11 +55,15 @@ to the fit: the true sBCMA, M-protein and marrow T cells of the dataset's covari
 Not modelled by the fit, although the trial has them (misspecification, as in every real fit):
 IIV on cl2 (when held fixed), chi, tau50_n and k_rec (log-sds 0.84, 1.0, 1.0, 0.7), absorbed by
 the estimated random effects; the covariates' correlations (sBCMA with burden 0.73).
+``[trial] without_iiv = ["chi", "tau50_n", "k_rec"]`` simulates the same patients without those
+three random effects (each at its typical value; ``trial_design``): a trial the fitted model can
+describe, to tell a sampler's trouble from the misspecification's (run 26 in README.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -104,7 +108,7 @@ INDIVIDUAL = ("s0", "et", "k_exh", "e0", "m0", "kmax", "kg", "cl", "cl2", "vc", 
 those the fit gives one value for every patient (``[fit] fixed``, ``without_iiv``) are left out."""
 
 DEFAULTS = {
-    "trial": {"design": "majestec1", "patients": 24, "seed": 11},
+    "trial": {"design": "majestec1", "patients": 24, "seed": 11, "without_iiv": []},
     "data": {"until": WEEK_8, "dvid": [1, 2, 3, 4], "marrow_t_cells": 0.4},
     "fit": {"method": "nuts", "chains": 2, "warmup": 800, "draws": 400, "max_tree_depth": 7,
             "target_accept": 0.9, "seed": 0, "rtol": 1e-4, "atol": 1e-7, "max_steps": 4096, "processes": "auto",
@@ -140,6 +144,15 @@ def load_config(path: Path | None) -> dict:
             raise ValueError(f"{path}: [{section}] has unknown keys {unknown}; expected keys from "
                              f"{sorted(config[section])}.")
         config[section].update(values)
+    if config["trial"]["design"] not in virtual_populations.DESIGNS:
+        raise ValueError(f"{path}: [trial] design = {config['trial']['design']!r}; expected one of "
+                         f"{sorted(virtual_populations.DESIGNS)}.")
+    trial_iiv = sorted(virtual_populations.DESIGNS[config["trial"]["design"]].population.iiv)
+    trial_without = config["trial"]["without_iiv"]
+    if not isinstance(trial_without, list) or not set(trial_without) <= set(trial_iiv):
+        raise ValueError(f"{path}: [trial] without_iiv = {trial_without!r}; expected a list of parameters with "
+                         f"IIV in the trial design, from {trial_iiv} (simulated at their typical value for every "
+                         "patient instead).")
     bad = sorted(set(config["data"]["dvid"]) - set(DVID_OUTPUTS))
     if bad:
         raise ValueError(f"{path}: [data] dvid has {bad}; expected a subset of {sorted(DVID_OUTPUTS)} "
@@ -283,6 +296,17 @@ def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, ce
     return popkpd.PopulationModel(model, parameters, error, method="ode", centered=centred,
                                   ode_options={"rtol": rtol, "atol": atol, "max_steps": max_steps},
                                   iiv_shares=iiv_shares)
+
+
+def trial_design(trial: dict):
+    """The ``[trial]`` design, with the IIV of the parameters in ``without_iiv`` set to 0: every
+    patient has their typical value. The random draws are the same (a zero sd scales its eta), so
+    the patients, their covariates and their other parameters are those of the design's trial."""
+    design = virtual_populations.DESIGNS[trial["design"]]
+    if not trial["without_iiv"]:
+        return design
+    iiv = {name: 0.0 if name in trial["without_iiv"] else sd for name, sd in design.population.iiv.items()}
+    return dataclasses.replace(design, population=dataclasses.replace(design.population, iiv=iiv))
 
 
 def population_truth(design, marrow_t_cells: bool | float = False) -> dict:
@@ -628,7 +652,7 @@ def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = Fa
         print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
 
     tc, dc, fc = config["trial"], config["data"], config["fit"]
-    design = virtual_populations.DESIGNS[tc["design"]]
+    design = trial_design(tc)
     step(f"simulating {design.name}: {tc['patients']} patients, seed {tc['seed']}, {design.horizon:g} days")
     trial = simulate_trial(design, n=int(tc["patients"]), seed=int(tc["seed"]))
     trial.dataset.to_csv(out / "trial.csv", index=False)
@@ -713,7 +737,9 @@ def _summary_markdown(summary, pop_table, ind_table, design) -> str:
         "",
         f"Trial: {summary['n_patients']} patients (seed {c['trial']['seed']}), {design.horizon:g} days; the fit sees "
         f"{summary['n_observations']} observations (DVID {c['data']['dvid']}) up to day {c['data']['until']:g}. "
-        f"Fit: {c['fit']['method']}, {c['fit']['chains']} chains x ({c['fit']['warmup']} warmup + {c['fit']['draws']} draws), "
+        + (f"The trial's patients have no IIV on {', '.join(c['trial']['without_iiv'])} ([trial] without_iiv): "
+           "each has the typical value. " if c["trial"].get("without_iiv") else "")
+        + f"Fit: {c['fit']['method']}, {c['fit']['chains']} chains x ({c['fit']['warmup']} warmup + {c['fit']['draws']} draws), "
         f"max tree depth {c['fit']['max_tree_depth']}, target acceptance {c['fit']['target_accept']}, seed {c['fit']['seed']}, "
         f"ODE rtol {c['fit']['rtol']:g} / atol {c['fit']['atol']:g}."
         + (f" The chains of {len(summary['pooled_from'])} runs pooled (`--pool`, their fit seeds above): "
