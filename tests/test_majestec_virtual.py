@@ -213,6 +213,14 @@ def test_pool_merges_the_chains_of_runs_that_differ_only_in_seed(tmp_path, monke
     other = write_run("c", 2, 2, warmup=100)
     with pytest.raises(ValueError, match=r"--pool: .*c/fit.nc was made with another config"):
         mv.pooled_fit(config, [runs[0], other])
+    # a run saved before [fit] iiv_shares and [trial] without_iiv existed ran with their defaults
+    older = write_run("e", 4, 1)
+    del made[older / "fit.nc"]["fit"]["iiv_shares"], made[older / "fit.nc"]["trial"]["without_iiv"]
+    assert mv.pooled_fit(config, [runs[0], older])[1]["fit"]["seed"] == [0, 4]
+    fewer = write_run("f", 5, 1)
+    made[fewer / "fit.nc"]["trial"]["without_iiv"] = ["chi"]
+    with pytest.raises(ValueError, match=r"--pool: .*f/fit.nc was made with another config"):
+        mv.pooled_fit(config, [runs[0], fewer])
 
 
 def test_data_cut_keeps_doses_and_fitted_outputs_up_to_the_cut():

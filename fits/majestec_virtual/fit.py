@@ -334,12 +334,20 @@ def trial_data(frame: pd.DataFrame, until: float, dvid) -> pd.DataFrame:
     return frame[keep].reset_index(drop=True)
 
 
+KEYS_ADDED_LATER = (("fit", "iiv_shares"), ("trial", "without_iiv"))
+"""Config keys added after earlier runs were saved, whose default is what those runs did (no
+shares, the trial's full IIV): a saved config without them is the same config, for ``--reuse-fit``
+and ``--pool``. Not ``[data] marrow_t_cells``: runs 1-10 ran without it, unlike its default."""
+
+
 def _results_config(config, *, seed: bool = True) -> dict | None:
     """The config without the settings that do not change the results (how chains are run), and
     without ``[fit] seed`` when ``seed`` is false (runs that ``--pool`` may merge)."""
     if config is None:
         return None
     config = json.loads(json.dumps(config))
+    for section, key in KEYS_ADDED_LATER:
+        config[section].setdefault(key, DEFAULTS[section][key])
     config["fit"].pop("processes", None)
     if not seed:
         config["fit"].pop("seed", None)
