@@ -63,7 +63,6 @@ describe, to tell a sampler's trouble from the misspecification's (run 26 in REA
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 import sys
@@ -306,7 +305,7 @@ def trial_design(trial: dict):
     if not trial["without_iiv"]:
         return design
     iiv = {name: 0.0 if name in trial["without_iiv"] else sd for name, sd in design.population.iiv.items()}
-    return dataclasses.replace(design, population=dataclasses.replace(design.population, iiv=iiv))
+    return design.replace(population=design.population.replace(iiv=iiv))
 
 
 def population_truth(design, marrow_t_cells: bool | float = False) -> dict:
@@ -746,7 +745,7 @@ def _summary_markdown(summary, pop_table, ind_table, design) -> str:
         f"Trial: {summary['n_patients']} patients (seed {c['trial']['seed']}), {design.horizon:g} days; the fit sees "
         f"{summary['n_observations']} observations (DVID {c['data']['dvid']}) up to day {c['data']['until']:g}. "
         + (f"The trial's patients have no IIV on {', '.join(c['trial']['without_iiv'])} ([trial] without_iiv): "
-           "each has the typical value. " if c["trial"].get("without_iiv") else "")
+           "each has the typical value. " if c["trial"]["without_iiv"] else "")
         + f"Fit: {c['fit']['method']}, {c['fit']['chains']} chains x ({c['fit']['warmup']} warmup + {c['fit']['draws']} draws), "
         f"max tree depth {c['fit']['max_tree_depth']}, target acceptance {c['fit']['target_accept']}, seed {c['fit']['seed']}, "
         f"ODE rtol {c['fit']['rtol']:g} / atol {c['fit']['atol']:g}."
