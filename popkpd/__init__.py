@@ -17,6 +17,7 @@ from ._dosing import (
 )
 from ._configfile import ConfigError as ConfigError, load_config as load_config
 from ._diagnostics import (
+    expected_shrinkage as expected_shrinkage,
     parameter_table as parameter_table,
     plot_eta_covariates as plot_eta_covariates,
     plot_gof as plot_gof,

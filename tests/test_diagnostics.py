@@ -18,6 +18,7 @@ import pytest
 
 import popkpd
 from popkpd._diagnostics import (
+    expected_shrinkage,
     plot_gof,
     plot_individual_fits,
     plot_trace,
@@ -453,3 +454,70 @@ def test_failed_solves_are_left_out_and_counted(case, monkeypatch):
     monkeypatch.setattr(Context, "_solve", all_failing)
     with pytest.raises(ValueError, match="All 20 simulated draws failed"):
         Context(*args, "test").simulate(ctx.draws(20), np.random.default_rng(0))
+
+
+def _expected_shrinkage_reference(frame, z_cl, z_vc, sigma):
+    """The module docstring's formulas by hand for the one-compartment oral model with
+    proportional error, Normal(f, sigma f): per observation the information on (z_cl, z_vc) is
+    g g' (1 / sigma**2 + 2) with g = d log f / dz, from the closed form's derivatives in k = CL/V."""
+    v_kk, alone, info = [], [], []
+    for i, rows in frame[frame.EVID == 0].groupby("ID", sort=True):
+        wt = rows.WT.iloc[0]
+        cl = TRUE["cl"] * (wt / 70.0) ** TRUE["beta"] * np.exp(TRUE["omega_cl"] * z_cl[i - 1])
+        vc = TRUE["vc"] * np.exp(TRUE["omega_vc"] * z_vc[i - 1])
+        k, ka = cl / vc, TRUE["ka"]
+        fisher = np.zeros((2, 2))
+        for t in rows.TIME[rows.CENS == 0]:
+            dk = 1.0 / (ka - k) - t * np.exp(-k * t) / (np.exp(-k * t) - np.exp(-ka * t))  # d log f / dk
+            g = np.array([k * dk * TRUE["omega_cl"], (-1.0 - k * dk) * TRUE["omega_vc"]])
+            fisher += np.outer(g, g) * (1.0 / sigma**2 + 2.0)
+        v = np.linalg.inv(fisher + np.eye(2))
+        v_kk.append(np.diag(v))
+        alone.append(1.0 / (np.diag(fisher) + 1.0))
+        info.append(np.diag(fisher))
+    v_kk, alone = np.array(v_kk), np.array(alone)
+    return {"posterior_sd": np.sqrt(v_kk).mean(0), "shrinkage": 1.0 - np.sqrt((1.0 - v_kk).mean(0)),
+            "shrinkage_others_known": 1.0 - np.sqrt((1.0 - alone).mean(0)), "information": np.mean(info, 0)}
+
+
+@pytest.mark.parametrize("method", ["closed_form", "ode"])
+def test_expected_shrinkage_is_the_closed_form_bayesian_information(method):
+    frame = simulate_table()
+    frame.loc[(frame.ID == 3) & (frame.TIME == 24.0), "CENS"] = 1  # left out of the information
+    dataset = popkpd.read_nonmem(frame, popkpd.OneCompartment(), covariates=["WT"])
+    pop = population_model()
+    if method == "ode":
+        pop = PopulationModel(pop.structural, pop.parameters, pop.error, method="ode",
+                              ode_options={"rtol": 1e-10, "atol": 1e-12})
+    values = {"cl_pop": TRUE["cl"], "beta_cl_WT": TRUE["beta"], "vc_pop": TRUE["vc"], "ka_pop": TRUE["ka"],
+              "sigma_conc_prop": 0.2}
+    rng = np.random.default_rng(5)
+    z_cl, z_vc = rng.normal(size=N_RICH + N_SPARSE), rng.normal(size=N_RICH + N_SPARSE)
+    got = expected_shrinkage(pop, dataset, values, {"cl": TRUE["omega_cl"] * z_cl, "vc": TRUE["omega_vc"] * z_vc})
+    want = _expected_shrinkage_reference(frame, z_cl, z_vc, 0.2)
+    assert list(got["parameter"]) == ["cl", "vc"]
+    np.testing.assert_allclose(got["omega"], [TRUE["omega_cl"], TRUE["omega_vc"]])
+    for column, reference in want.items():
+        np.testing.assert_allclose(got[column], reference, rtol=1e-6, err_msg=column)
+    # at typical subjects (no deviations) the numbers differ: the information depends on where it is taken
+    typical = expected_shrinkage(pop, dataset, values)
+    assert not np.allclose(typical["information"], got["information"], rtol=1e-3)
+    # the data of the sparse subjects (one sample at 0.25 h) say almost nothing about CL
+    sparse = popkpd.read_nonmem(frame[frame.ID > N_RICH], popkpd.OneCompartment(), covariates=["WT"])
+    assert expected_shrinkage(pop, sparse, values).set_index("parameter").loc["cl", "shrinkage"] > 0.9
+
+
+def test_expected_shrinkage_bad_input():
+    dataset = popkpd.read_nonmem(simulate_table(), popkpd.OneCompartment(), covariates=["WT"])
+    pop = population_model()
+    values = {"cl_pop": 2.0, "beta_cl_WT": 0.75, "vc_pop": 10.0, "ka_pop": 1.2, "sigma_conc_prop": 0.2}
+    with pytest.raises(ValueError, match=r"values has no \['sigma_conc_prop'\]"):
+        expected_shrinkage(pop, dataset, {k: v for k, v in values.items() if k != "sigma_conc_prop"})
+    with pytest.raises(ValueError, match="deviations has 'ka', which has no random effect"):
+        expected_shrinkage(pop, dataset, values, {"ka": np.zeros(N_RICH + N_SPARSE)})
+    with pytest.raises(ValueError, match=r"deviations\['cl'\] has shape \(3,\); expected \(22,\)"):
+        expected_shrinkage(pop, dataset, values, {"cl": np.zeros(3)})
+    far = np.zeros(N_RICH + N_SPARSE)
+    far[[1, 4]] = 800.0  # CL = exp(800) typical: no finite prediction
+    with pytest.raises(FloatingPointError, match=r"the information on \['cl', 'vc'\] of subjects \[2, 5\] is not finite"):
+        expected_shrinkage(pop, dataset, values, {"cl": far})

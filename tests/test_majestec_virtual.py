@@ -169,6 +169,83 @@ def test_measured_marrow_t_cells_make_e0s_random_effect_the_measurement_error():
         k: v for k, v in truth_without.items() if k != "omega_e0"}
 
 
+
+def _load_information():
+    spec = importlib.util.spec_from_file_location("majestec_virtual_information", SCRIPT.parent / "information.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_information_takes_each_patients_true_random_effects_from_the_trial():
+    """information.py evaluates the design at the patients' true parameters: the fitted model's
+    deviation of each patient is the trial's own log-scale eta (the fit's covariate effects are the
+    trial's), for e0 the measurement error of T_MARROW_MEASURED, for s0 and m0 the patient's
+    baseline over the fitted model's typical value."""
+    info = _load_information()
+    config = mv.load_config(None)
+    config["trial"]["without_iiv"] = ["chi", "tau50_n", "k_rec"]
+    design = mv.trial_design(config["trial"])
+    trial = mv.simulate_trial(design, n=6, seed=11)
+    pop = mv.fitted_population(config)
+    truth = mv.population_truth(design, config["data"]["marrow_t_cells"])
+    values = {s: truth[s] for s in pop.population_sites()}
+    dataset, _ = mv.cut_dataset(pop, trial.dataset, 28.0, config["data"]["dvid"])
+    got = info.true_deviations(pop, dataset, values, trial.params)
+    assert set(got) == set(pop.iiv_names)
+    eta = trial.eta.set_index("ID").loc[list(dataset.ids)]
+    for name in ("cl", "cl2", "vc", "ka", "kg", "kmax", "k_exh"):
+        np.testing.assert_allclose(got[name], eta[name], rtol=1e-9, atol=1e-12, err_msg=name)
+    base = dataset.baseline_covariates()
+    cov = trial.covariates.set_index("ID").loc[list(dataset.ids)]
+    np.testing.assert_allclose(got["e0"], np.log(cov["t_marrow"].to_numpy() / base["T_MARROW_MEASURED"].to_numpy()))
+    np.testing.assert_allclose(got["m0"], np.log(cov["m0"].to_numpy() / 20.0))
+    s0 = mv.popkpd.ng_per_ml_to_nm(cov["sbcma"].to_numpy(), mv.popkpd.SBCMA_MW_KDA)
+    np.testing.assert_allclose(got["s0"], np.log(s0 / mv.popkpd.ng_per_ml_to_nm(90.0, mv.popkpd.SBCMA_MW_KDA)))
+
+
+
+def test_realised_noise_is_the_rms_of_the_standardised_residuals():
+    """DVs set to the noise-free value times exp(+-c sd) give rms c exactly; the 90 % interval is
+    chi-square's; censored rows and rows after the cut do not count."""
+    import dataclasses
+
+    info = _load_information()
+    design = mv.trial_design(mv.load_config(None)["trial"])
+    trial = mv.simulate_trial(design, n=3, seed=11)
+    frame = trial.dataset.copy()
+    conc = np.flatnonzero(((frame.EVID == 0) & (frame.DVID == 1) & (frame.TIME <= 56.0)).to_numpy())
+    sign = np.where(np.arange(conc.size) % 2 == 0, 1.0, -1.0)
+    truth = np.array([np.interp(frame.TIME.iloc[k], trial.times, trial.outputs["conc"][frame.ID.iloc[k] - 1])
+                      for k in conc])
+    frame.loc[frame.index[conc], "DV"] = truth * np.exp(1.3 * 0.417 * sign)
+    frame.loc[frame.index[conc], "CENS"] = 0
+    frame.loc[frame.index[conc[:2]], ["DV", "CENS"]] = [1e9, 1]  # censored: left out
+    table = info.realised_noise(dataclasses.replace(trial, dataset=frame), 56.0, [1, 3]).set_index("output")
+    row = table.loc["conc"]
+    n = conc.size - 2
+    assert row.observations == n and row.site == "sigma_conc" and row.sd == 0.417
+    assert row.rms == pytest.approx(1.3, rel=1e-9) and row.realised_sd == pytest.approx(1.3 * 0.417, rel=1e-9)
+    assert row.rms_q05 == pytest.approx(1.3 * np.sqrt(n / scipy.stats.chi2.ppf(0.95, n)), rel=1e-12)
+    assert row.rms_q95 == pytest.approx(1.3 * np.sqrt(n / scipy.stats.chi2.ppf(0.05, n)), rel=1e-12)
+    assert np.isnan(table.loc["m_protein", "sd"])  # two sds (combined error): only the rms
+    assert table.loc["m_protein", "observations"] == (
+        (frame.EVID == 0) & (frame.DVID == 3) & (frame.TIME <= 56.0) & (frame.CENS == 0)).sum()
+
+@pytest.mark.slow
+def test_information_script_runs_and_more_data_shrink_less(tmp_path):
+    """The script end to end on the shipped config at two data cuts: a later cut (more observations
+    of the same patients) never raises the expected shrinkage."""
+    info = _load_information()
+    assert info.main(["--until", "28", "56", "--out", str(tmp_path)]) == 0
+    table = pd.read_csv(tmp_path / "expected_shrinkage.csv")
+    assert set(table.parameter) == set(mv.fitted_population(mv.load_config(None)).iiv_names)
+    early, late = (table[table["until"] == u].set_index("parameter") for u in (28.0, 56.0))
+    assert (late.observations > early.observations).all()
+    assert (late.shrinkage <= early.shrinkage + 1e-9).all() and (late.shrinkage >= 0).all()
+    assert (late.shrinkage_others_known <= late.shrinkage + 1e-9).all()
+
 def test_runs_with_different_fit_seeds_share_no_chain():
     """Chain seeds of fit seeds 0-4 with up to CHAIN_SEEDS chains are all different (until run 13 a
     chain seed was fit seed + k, so that fit seeds 0 and 1 shared one); fit seed 0 keeps 0, 1, ..."""

@@ -363,12 +363,18 @@ def fitted_population(config: dict) -> popkpd.PopulationModel:
 
 def fitted_data(config: dict, trial_csv: Path):
     """``(population, dataset, rows)``: the fitted model and the data cut of the trial in ``trial_csv``."""
-    dc = config["data"]
     pop = fitted_population(config)
-    frame = trial_data(pd.read_csv(trial_csv), float(dc["until"]), dc["dvid"])
-    dataset = popkpd.read_nonmem(frame, pop.structural, covariates=COVARIATES,
-                                 dvid_outputs={k: DVID_OUTPUTS[k] for k in dc["dvid"]})
+    dataset, frame = cut_dataset(pop, pd.read_csv(trial_csv), float(config["data"]["until"]), config["data"]["dvid"])
     return pop, dataset, frame
+
+
+def cut_dataset(pop, trial_frame: pd.DataFrame, until: float, dvid):
+    """``(dataset, rows)``: the rows of the trial table a fit at the data cut ``until`` sees
+    (``trial_data``), read for the fitted model ``pop``."""
+    frame = trial_data(trial_frame, until, dvid)
+    dataset = popkpd.read_nonmem(frame, pop.structural, covariates=COVARIATES,
+                                 dvid_outputs={k: DVID_OUTPUTS[k] for k in dvid})
+    return dataset, frame
 
 
 def _fit(config: dict, pop, dataset, *, chains=None, seed=None, progress_bar=None):

@@ -9,6 +9,7 @@ from .plots import (
     plot_trace as plot_trace,
     plot_vpc as plot_vpc,
 )
+from .information import expected_shrinkage as expected_shrinkage
 from .predictions import predictions as predictions
 from .report import parameter_table as parameter_table, write_report as write_report
 from .shrinkage import shrinkage as shrinkage

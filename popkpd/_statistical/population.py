@@ -565,7 +565,6 @@ class PopulationModel(eqx.Module):
         ``beta_...``, ``corr_iiv``); Fixed quantities need not be given. Missing ``eta_<param>``
         means zero random effects (population predictions).
         """
-        covariate_names = tuple(covariate_names)
         n = events.n_subjects
         values = dict(values)
         dev = {}
@@ -573,6 +572,13 @@ class PopulationModel(eqx.Module):
             for name in self.iiv_names:
                 values.setdefault(f"eta_{name}", jnp.zeros(n))
             dev = self._deviations(values)
+        return self._with_deviations(values, dev, events, covariate_names)
+
+    def _with_deviations(self, values: Mapping, dev: Mapping, events: Events, covariate_names=()) -> dict:
+        """``individual_parameters`` with the random effects given as deviations on the link
+        scale, ``{param: [S]}`` (missing: 0)."""
+        covariate_names = tuple(covariate_names)
+        n = events.n_subjects
         out = {}
         for name, par in self.parameters.items():
             pop = self._typical(name, values)
@@ -601,8 +607,9 @@ class PopulationModel(eqx.Module):
             out[name] = theta  # [S], or [S, C] with a time-varying covariate
         return out
 
-    def predict(self, params: Mapping, events: Events):
-        """Individual predictions ``[S, O]`` (output ``obs_output`` at each observation time)."""
+    def predict(self, params: Mapping, events: Events, **ode_options):
+        """Individual predictions ``[S, O]`` (output ``obs_output`` at each observation time);
+        ``ode_options`` override the model's (e.g. ``adjoint=diffrax.ForwardMode()`` for ``jax.jacfwd``)."""
         if callable(self.method):
             result = self.method(self.structural, params, events)
         elif self.method == "closed_form":
@@ -612,7 +619,7 @@ class PopulationModel(eqx.Module):
         else:
             from .._ode.simulate import simulate
 
-            result = simulate(self.structural, params, events, **self.ode_options)
+            result = simulate(self.structural, params, events, **(self.ode_options | ode_options))
         return getattr(result, "pred", result)
 
     def observation_distribution(self, pred, values: Mapping, events: Events) -> ObservationDistribution:
