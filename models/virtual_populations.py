@@ -54,7 +54,9 @@ k_exh 0.7, k_rec 0.7 (prior sds, models/_common.py), emax_il6 1.0 [E].
 Measurement (``errors``, ``lloq``): drug log-normal 0.417 (tec, MIAO23 [S3]) / 0.42 (elra total
 drug, HIBMA26 [S3]), LLOQ 0.1 nM [E]; total sBCMA log-normal 0.347 (HIBMA26 [S3]), LLOQ 0.05 nM [E];
 M-protein additive 0.5 g/L + proportional 10 % [E], LLOQ 1 g/L (electrophoresis) [E]; T cells
-log-normal 0.3 [E]; IL-6 log-normal 0.4 [E], LLOQ 1 pg/mL [E]. Baseline marrow T cells
+log-normal 0.3 [E]; IL-6 log-normal 0.4 [E], LLOQ 1 pg/mL [E]; exhausted share of the marrow T
+cells (DVID 6, measured only by designs whose ``sampling`` has it: a flow panel of exhaustion
+markers on treatment) log-normal 0.3 [E], LLOQ 0.01 (1 % of the T cells) [E]. Baseline marrow T cells
 (``baseline_errors``; dataset column T_MARROW_MEASURED beside the true T_MARROW): flow cytometry of
 a marrow aspirate, log-normal 0.4 [E] (aspirate haemodilution and gating; the fit of
 fits/majestec_virtual may use it as the patients' measured E0).
@@ -172,13 +174,14 @@ def _errors(drug_sd):
         "m_protein": popkpd.Combined(popkpd.Fixed(0.5), popkpd.Fixed(0.1)),
         "t_cells": popkpd.LogNormalError(popkpd.Fixed(0.3)),
         "il6": popkpd.LogNormalError(popkpd.Fixed(0.4)),
+        "t_exhausted_fraction": popkpd.LogNormalError(popkpd.Fixed(0.3)),
     }
 
 
 BASELINE_ERRORS = {"t_marrow": 0.4}
 """Log-sd of the baseline covariates measured with error (module docstring, "Measurement")."""
 
-LLOQ = {"conc": 0.1, "sbcma_total": 0.05, "m_protein": 1.0, "il6": 1.0}
+LLOQ = {"conc": 0.1, "sbcma_total": 0.05, "m_protein": 1.0, "il6": 1.0, "t_exhausted_fraction": 0.01}
 
 
 def designs(calibration=None) -> dict:

@@ -328,7 +328,9 @@ def test_names_per_layer():
     assert BCMAModel(layers=0, absorption=False).states == ("central", "peripheral")  # IV: central is CMT 1
     m5 = BCMAModel(layers=5)
     assert m5.states[:4] == ("depot", "central", "peripheral", "sbcma")
-    assert m5.outputs[-2:] == ("il6", "conc_functional_bm") and "trimers_per_tumour_cell" in m5.outputs
+    assert m5.outputs[-3:] == ("il6", "conc_functional_bm", "t_exhausted_fraction")
+    assert "trimers_per_tumour_cell" in m5.outputs
+    assert "t_exhausted_fraction" not in BCMAModel(layers=2).outputs
     assert "x_sbm" in m5.parameters and "x_sbm" not in BCMAModel(layers=(0, 2)).parameters
     assert "conc_functional_bm" not in BCMAModel(layers=1).outputs + BCMAModel(layers=(0, 2)).outputs
     assert BCMAModel(layers=range(4)) == BCMAModel(layers=3)
@@ -366,8 +368,22 @@ def test_drug_free_steady_state(kwargs):
         assert out["sbcma_free"] == pytest.approx(P["s0"]) and out["sbcma_total"] == pytest.approx(P["s0"])
     if 2 in m.layers:
         assert out["trimers_per_tumour_cell"] == 0.0 and out["trimers_per_t_cell"] == 0.0
+    if 3 in m.layers:
+        assert out["t_exhausted_fraction"] == 0.0  # no exhausted cells without drug
     if 5 in m.layers:
         assert out["il6"] == P["il6_0"]
+
+
+def test_exhausted_fraction_is_the_exhausted_share_of_the_t_cells():
+    m = BCMAModel(layers=3)
+    p = params_for(m)
+    for seed in range(3):
+        y = np.array(random_state(m, seed))
+        y[m.state_index("t_active")], y[m.state_index("t_exhausted")] = 0.2 + 0.3 * seed, 0.1 + 0.2 * seed
+        e, a, x = (y[m.state_index(s)] for s in ("t_resting", "t_active", "t_exhausted"))
+        out = dict(zip(m.outputs, np.asarray(m.output(1.0, jnp.asarray(y), p))))
+        assert out["t_exhausted_fraction"] == pytest.approx(x / (e + a + x), rel=1e-14)
+        assert out["t_cells"] == pytest.approx(e + a + x, rel=1e-14)
 
 
 def test_l0_is_the_linear_two_compartment_model():

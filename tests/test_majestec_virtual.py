@@ -103,6 +103,10 @@ def test_trial_without_iiv_keeps_the_patients(tmp_path):
     ("[fit]\nchains = 0\n", r"\[fit\] chains = 0; expected a whole number from 1 to 1000"),
     ("[fit]\nchains = 2.5\n", r"\[fit\] chains = 2.5; expected a whole number"),
     ("[data]\ndvid = [1, 5]\n", r"dvid has \[5\]"),
+    ("[data]\ndvid = [1, 2, 3, 4, 6]\n", r"dvid has 6 .* that list is empty"),
+    ("[trial]\npanel = [0, 28]\n", r"\[trial\] panel = \[0, 28\]; expected a list of days after the first dose"),
+    ("[trial]\npanel = [28, 400]\n", r"panel = \[28, 400\]; .*before the horizon \(336\)"),
+    ('[trial]\npanel = "28"\n', r"panel = '28'; expected a list"),
     ('[fit]\nprocesses = "yes"\n', r"processes = 'yes'; expected true, false or \"auto\""),
     ('[fit]\ndense_mass = "yes"\n', r"dense_mass = 'yes'; expected true or false"),
     ("[data]\nmarrow_t_cells = -0.4\n", r"marrow_t_cells = -0.4; expected false, true"),
@@ -191,7 +195,7 @@ def test_information_takes_each_patients_true_random_effects_from_the_trial():
     pop = mv.fitted_population(config)
     truth = mv.population_truth(design, config["data"]["marrow_t_cells"])
     values = {s: truth[s] for s in pop.population_sites()}
-    dataset, _ = mv.cut_dataset(pop, trial.dataset, 28.0, config["data"]["dvid"])
+    dataset, _ = mv.cut_dataset(pop, trial.dataset, 28.0, {k: mv.DVID_OUTPUTS[k] for k in config["data"]["dvid"]})
     got = info.true_deviations(pop, dataset, values, trial.params)
     assert set(got) == set(pop.iiv_names)
     eta = trial.eta.set_index("ID").loc[list(dataset.ids)]
@@ -233,10 +237,39 @@ def test_realised_noise_is_the_rms_of_the_standardised_residuals():
     assert table.loc["m_protein", "observations"] == (
         (frame.EVID == 0) & (frame.DVID == 3) & (frame.TIME <= 56.0) & (frame.CENS == 0)).sum()
 
+def test_an_exhaustion_panel_is_measured_and_fitted(tmp_path):
+    """``[trial] panel`` adds DVID 6 rows on its days (the rest of the trial unchanged); with 6 in
+    ``[data] dvid`` the fit sees those up to the cut and estimates their residual sd, whose true
+    value is the trial's; information.py's ``--panel`` makes that config."""
+    path = tmp_path / "panel.toml"
+    path.write_text("[trial]\npanel = [7, 28, 84]\n[data]\ndvid = [1, 2, 3, 4, 6]\n")
+    config = mv.load_config(path)
+    design = mv.trial_design(config["trial"])
+    trial = mv.simulate_trial(design, n=2, seed=11)
+    plain = mv.simulate_trial(mv.trial_design(mv.load_config(None)["trial"]), n=2, seed=11)
+    rows = trial.dataset[trial.dataset.DVID == 6]
+    assert sorted(set(rows.TIME)) == [7.0, 28.0, 84.0] and len(rows) == 6
+    pd.testing.assert_frame_equal(trial.dataset[trial.dataset.DVID != 6].reset_index(drop=True), plain.dataset)
+    pop = mv.fitted_population(config)
+    dataset, frame = mv.cut_dataset(pop, trial.dataset, 56.0, {k: mv.DVID_OUTPUTS[k] for k in config["data"]["dvid"]})
+    assert sorted(set(frame[frame.DVID == 6].TIME)) == [7.0, 28.0]
+    assert "sigma_t_exhausted_fraction" in pop.population_sites()
+    assert "sigma_t_exhausted_fraction" not in mv.fitted_population(mv.load_config(None)).population_sites()
+    truth = mv.population_truth(design, config["data"]["marrow_t_cells"], config["data"]["dvid"])
+    assert truth["sigma_t_exhausted_fraction"] == 0.3 and set(pop.population_sites()) <= set(truth)
+    info = _load_information()
+    made = info.with_panel(mv.load_config(None), [84, 7, 28])
+    assert made["trial"]["panel"] == [7.0, 28.0, 84.0] and made["data"]["dvid"] == [1, 2, 3, 4, 6]
+    assert info.with_panel(mv.load_config(None), []) == mv.load_config(None)
+    with pytest.raises(ValueError, match=r"--panel: \[trial\] panel = \[0.0\]; expected a list of days"):
+        info.with_panel(mv.load_config(None), [0])
+
+
 @pytest.mark.slow
 def test_information_script_runs_and_more_data_shrink_less(tmp_path):
-    """The script end to end on the shipped config at two data cuts: a later cut (more observations
-    of the same patients) never raises the expected shrinkage."""
+    """The script end to end on the shipped config at two data cuts, without and with an
+    exhaustion panel: more observations of the same patients (a later cut, a panel) never raise
+    the expected shrinkage."""
     info = _load_information()
     assert info.main(["--until", "28", "56", "--out", str(tmp_path)]) == 0
     table = pd.read_csv(tmp_path / "expected_shrinkage.csv")
@@ -245,6 +278,11 @@ def test_information_script_runs_and_more_data_shrink_less(tmp_path):
     assert (late.observations > early.observations).all()
     assert (late.shrinkage <= early.shrinkage + 1e-9).all() and (late.shrinkage >= 0).all()
     assert (late.shrinkage_others_known <= late.shrinkage + 1e-9).all()
+    assert info.main(["--until", "56", "--panel", "28", "--out", str(tmp_path / "panel")]) == 0
+    panel = pd.read_csv(tmp_path / "panel" / "expected_shrinkage.csv").set_index("parameter")
+    assert (panel.observations == late.observations + 24).all()
+    assert (panel.shrinkage <= late.shrinkage + 1e-9).all()
+    assert panel.loc["k_exh", "shrinkage"] < late.loc["k_exh", "shrinkage"] - 0.3
 
 def test_runs_with_different_fit_seeds_share_no_chain():
     """Chain seeds of fit seeds 0-4 with up to CHAIN_SEEDS chains are all different (until run 13 a

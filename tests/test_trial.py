@@ -192,10 +192,11 @@ def test_dose_records_follow_the_label_regimen(trial):
 def test_samples_follow_the_schedule_and_precede_doses_at_the_same_time(trial, design):
     table = trial.dataset
     sampling = design.sampling_times()
+    assert "t_exhausted_fraction" not in sampling  # measured only by designs that say when
     for dvid, out in DVID_OUTPUTS.items():
         for i in range(N_PATIENTS):
             t = table[(table.ID == i + 1) & (table.EVID == 0) & (table.DVID == dvid)]["TIME"]
-            np.testing.assert_allclose(t, sampling[out])
+            np.testing.assert_allclose(t, sampling.get(out, []))
     first = table[table.ID == 1].reset_index(drop=True)
     at0 = first[first.TIME == 0.0]
     assert list(at0.EVID) == [0, 0, 0, 0, 1]  # baseline samples, then the first dose
@@ -240,6 +241,27 @@ def test_measurement_noise_follows_the_error_models(trial, design):
     assert m > 150
     assert abs(z.mean()) < 4 / math.sqrt(m)
     assert stats.chi2.ppf(0.0005, m) < np.sum(z**2) < stats.chi2.ppf(0.9995, m)
+
+
+def test_an_exhaustion_panel_adds_its_rows_and_leaves_the_rest_of_the_trial_alone(trial, design):
+    """A design that samples DVID 6 (the exhausted share of the T cells) gets its rows at those
+    times, with its noise from its own stream: every other row and the baseline measurement are
+    those of the design without it. Its standardised residuals against the truth are N(0, 1)."""
+    days = [7.0, 28.0, 56.0]
+    panel = design.replace(sampling=design.sampling_times() | {"t_exhausted_fraction": days})
+    table = to_dataset(panel, trial.covariates, trial.times, trial.outputs, np.random.default_rng([3, 3]))
+    plain = to_dataset(design, trial.covariates, trial.times, trial.outputs, np.random.default_rng([3, 3]))
+    rows = table[table.DVID == 6]
+    pd.testing.assert_frame_equal(table[table.DVID != 6].reset_index(drop=True), plain)
+    for i in range(N_PATIENTS):
+        np.testing.assert_allclose(rows[rows.ID == i + 1].TIME, days)
+    f = np.array([trial.at("t_exhausted_fraction", t)[i - 1] for i, t in zip(rows.ID, rows.TIME)])
+    assert np.all((f > 0) & (f < 1))
+    lloq = design.lloq["t_exhausted_fraction"]
+    cens = rows.CENS.to_numpy() == 1
+    np.testing.assert_array_equal(rows.DV.to_numpy()[cens], lloq)
+    z = np.log(rows.DV.to_numpy()[~cens] / f[~cens]) / 0.3
+    assert z.size >= 2 * N_PATIENTS and np.all(np.abs(z) < 4.5)
 
 
 def test_baseline_measurements_are_lognormal_around_the_truth_and_leave_the_dvs_alone(trial, design):

@@ -11,8 +11,9 @@ Steps (README.md in this folder states the decisions and the measured results):
    size and seed; write ``trial.csv`` (NONMEM-style) and ``truth.csv`` (the patients' true
    covariates and parameters).
 2. **Fit.** Give the fit the rows up to ``[data] until`` (default day 56: the week-8 data cut) of
-   total drug, total sBCMA, M-protein and T cells, all jointly, and fit ``population()`` (the
-   identifiable configuration, below) by NUTS. Saved atomically (``fit.nc``) with its diagnostics
+   total drug, total sBCMA, M-protein and T cells (and, with ``[trial] panel`` and 6 in ``[data]
+   dvid``, the exhausted share of the marrow T cells on the panel's days), all jointly, and fit
+   ``population()`` (the identifiable configuration, below) by NUTS. Saved atomically (``fit.nc``) with its diagnostics
    report (``report/``: convergence, parameters, shrinkage, GOF, VPC per output, individual fits).
 3. **Recovery.** Population parameters: posterior median and 90 % interval against the values the
    trial was simulated with (``population_recovery.csv``). Patients: posterior median and 90 %
@@ -84,7 +85,8 @@ from popkpd._response import category_index  # noqa: E402
 from popkpd._trial import simulate_trial  # noqa: E402
 from popkpd._trial.summary import responses  # noqa: E402
 
-DVID_OUTPUTS = {1: "conc", 2: "sbcma_total", 3: "m_protein", 4: "t_cells"}
+DVID_OUTPUTS = {1: "conc", 2: "sbcma_total", 3: "m_protein", 4: "t_cells", 6: "t_exhausted_fraction"}
+PANEL_DVID = 6  # the exhausted share of the marrow T cells: measured on the days of [trial] panel only
 WEEK_8 = 56.0  # day of the early-data cut (issue 5: the first 4-8 weeks) and of the week-8 M-protein ratio
 COVARIATES = ["WEIGHT", "ISS", "BURDEN", "BCMA_DENSITY", "T_MARROW_MEASURED"]
 
@@ -107,7 +109,7 @@ INDIVIDUAL = ("s0", "et", "k_exh", "e0", "m0", "kmax", "kg", "cl", "cl2", "vc", 
 those the fit gives one value for every patient (``[fit] fixed``, ``without_iiv``) are left out."""
 
 DEFAULTS = {
-    "trial": {"design": "majestec1", "patients": 24, "seed": 11, "without_iiv": []},
+    "trial": {"design": "majestec1", "patients": 24, "seed": 11, "without_iiv": [], "panel": []},
     "data": {"until": WEEK_8, "dvid": [1, 2, 3, 4], "marrow_t_cells": 0.4},
     "fit": {"method": "nuts", "chains": 2, "warmup": 800, "draws": 400, "max_tree_depth": 7,
             "target_accept": 0.9, "seed": 0, "rtol": 1e-4, "atol": 1e-7, "max_steps": 4096, "processes": "auto",
@@ -143,6 +145,12 @@ def load_config(path: Path | None) -> dict:
             raise ValueError(f"{path}: [{section}] has unknown keys {unknown}; expected keys from "
                              f"{sorted(config[section])}.")
         config[section].update(values)
+    return check_config(config, path)
+
+
+def check_config(config: dict, path) -> dict:
+    """``config`` if its values are valid, else a ``ValueError`` naming the key (``path``: where the
+    config came from, for the message)."""
     if config["trial"]["design"] not in virtual_populations.DESIGNS:
         raise ValueError(f"{path}: [trial] design = {config['trial']['design']!r}; expected one of "
                          f"{sorted(virtual_populations.DESIGNS)}.")
@@ -152,10 +160,21 @@ def load_config(path: Path | None) -> dict:
         raise ValueError(f"{path}: [trial] without_iiv = {trial_without!r}; expected a list of parameters with "
                          f"IIV in the trial design, from {trial_iiv} (simulated at their typical value for every "
                          "patient instead).")
+    panel = config["trial"]["panel"]
+    horizon = virtual_populations.DESIGNS[config["trial"]["design"]].horizon
+    if (not isinstance(panel, list) or not all(isinstance(d, int | float) and not isinstance(d, bool)
+                                               and 0 < d < horizon for d in panel)):
+        raise ValueError(f"{path}: [trial] panel = {panel!r}; expected a list of days after the first dose and "
+                         f"before the horizon ({horizon:g}) on which the exhausted share of the marrow T cells is "
+                         "measured, e.g. [7, 28, 56] (the model has none before the first dose).")
     bad = sorted(set(config["data"]["dvid"]) - set(DVID_OUTPUTS))
     if bad:
         raise ValueError(f"{path}: [data] dvid has {bad}; expected a subset of {sorted(DVID_OUTPUTS)} "
                          f"({DVID_OUTPUTS}).")
+    if PANEL_DVID in config["data"]["dvid"] and not panel:
+        raise ValueError(f"{path}: [data] dvid has {PANEL_DVID} (the exhausted share of the T cells), which the trial "
+                         "measures only on the days of [trial] panel, and that list is empty. Give the days, or "
+                         f"remove {PANEL_DVID} from [data] dvid.")
     marrow = config["data"]["marrow_t_cells"]
     if not (isinstance(marrow, bool) or (isinstance(marrow, (int, float)) and marrow > 0)):
         raise ValueError(f"{path}: [data] marrow_t_cells = {marrow!r}; expected false, true (the baseline marrow "
@@ -256,7 +275,7 @@ def _covariate_effects(marrow_t_cells: bool | float = False) -> dict:
 
 def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, centred=(),
                fixed=(), without_iiv=(), priors=None, marrow_t_cells=False,
-               iiv_shares=None) -> popkpd.PopulationModel:
+               iiv_shares=None, errors=None) -> popkpd.PopulationModel:
     """The fitted population model (module docstring, "The identifiable configuration"); the
     random effects of ``centred`` are sampled centred (``PopulationModel(centered=...)``; a dict
     ``{name: weight}``: partly centred with those weights), the others non-centred; the
@@ -269,7 +288,9 @@ def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, ce
     that e0's random effect is the measurement's error; a number does the same with that random
     effect's sd fixed at the number (the assay's log-sd, known from its validation).
     ``iiv_shares`` (``{group: [name, ...]}``, the config's ``[fit] iiv_shares``): those omegas are
-    sampled as their total and its shares (``PopulationModel(iiv_shares=...)``; same prior)."""
+    sampled as their total and its shares (``PopulationModel(iiv_shares=...)``; same prior).
+    ``errors`` (``{output: residual error}``): errors of further fitted outputs, added to the
+    four (the exhaustion panel's, ``[trial] panel``)."""
     model = popkpd.BCMAModel(layers=3, clearance=teclistamab.MODEL.clearance)
     centre, effects = centres(), _covariate_effects(marrow_t_cells)
     parameters = {}
@@ -290,7 +311,7 @@ def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, ce
         "sbcma_total": popkpd.LogNormalError(popkpd.HalfNormal(0.5)),
         "m_protein": popkpd.Combined(popkpd.HalfNormal(2.0), popkpd.HalfNormal(0.3)),
         "t_cells": popkpd.LogNormalError(popkpd.HalfNormal(0.5)),
-    }
+    } | dict(errors or {})
     centred = dict(centred) if isinstance(centred, dict) else tuple(centred)
     return popkpd.PopulationModel(model, parameters, error, method="ode", centered=centred,
                                   ode_options={"rtol": rtol, "atol": atol, "max_steps": max_steps},
@@ -302,18 +323,20 @@ def trial_design(trial: dict):
     patient has their typical value. The random draws are the same (a zero sd scales its eta), so
     the patients, their covariates and their other parameters are those of the design's trial."""
     design = virtual_populations.DESIGNS[trial["design"]]
-    if not trial["without_iiv"]:
-        return design
-    iiv = {name: 0.0 if name in trial["without_iiv"] else sd for name, sd in design.population.iiv.items()}
-    return design.replace(population=design.population.replace(iiv=iiv))
+    if trial["without_iiv"]:
+        iiv = {name: 0.0 if name in trial["without_iiv"] else sd for name, sd in design.population.iiv.items()}
+        design = design.replace(population=design.population.replace(iiv=iiv))
+    if trial["panel"]:
+        design = design.replace(sampling=design.sampling_times() | {DVID_OUTPUTS[PANEL_DVID]: sorted(trial["panel"])})
+    return design
 
 
-def population_truth(design, marrow_t_cells: bool | float = False) -> dict:
+def population_truth(design, marrow_t_cells: bool | float = False, dvid=(1, 2, 3, 4)) -> dict:
     """The values the trial was simulated with, under the fitted model's site names: typical
     values (the trial's population medians at the reference covariates), omegas (the trial's
     log-sds) and residual sds. With ``marrow_t_cells`` e0 = E0_typ x measured marrow T cells x
     exp(eta), and the trial's measured value is the true one times exp(sd z), so omega_e0's true
-    value is the measurement's log-sd."""
+    value is the measurement's log-sd. Residual sds of the outputs of ``dvid``, the fitted ones."""
     centre = centres()
     covs = design.population.covariates
     omega = dict(design.population.iiv)
@@ -321,7 +344,7 @@ def population_truth(design, marrow_t_cells: bool | float = False) -> dict:
                  e0=design.baseline_errors["t_marrow"] if marrow_t_cells else covs["t_marrow"].log_sd)
     truth = {f"{name}_pop": centre[name] for name in ESTIMATED}
     truth.update({f"omega_{name}": omega[name] for name, (_, w) in ESTIMATED.items() if w is not None})
-    for output in DVID_OUTPUTS.values():
+    for output in (DVID_OUTPUTS[k] for k in dvid):
         truth.update({site: float(prior.value) for site, prior in design.errors[output].priors(output).items()})
     return truth
 
@@ -333,10 +356,10 @@ def trial_data(frame: pd.DataFrame, until: float, dvid) -> pd.DataFrame:
     return frame[keep].reset_index(drop=True)
 
 
-KEYS_ADDED_LATER = (("fit", "iiv_shares"), ("trial", "without_iiv"))
+KEYS_ADDED_LATER = (("fit", "iiv_shares"), ("trial", "without_iiv"), ("trial", "panel"))
 """Config keys added after earlier runs were saved, whose default is what those runs did (no
-shares, the trial's full IIV): a saved config without them is the same config, for ``--reuse-fit``
-and ``--pool``. Not ``[data] marrow_t_cells``: runs 1-10 ran without it, unlike its default."""
+shares, the trial's full IIV, no exhaustion panel): a saved config without them is the same
+config, for ``--reuse-fit`` and ``--pool``. Not ``[data] marrow_t_cells``: runs 1-10 ran without it, unlike its default."""
 
 
 def _results_config(config, *, seed: bool = True) -> dict | None:
@@ -354,26 +377,30 @@ def _results_config(config, *, seed: bool = True) -> dict | None:
 
 
 def fitted_population(config: dict) -> popkpd.PopulationModel:
-    """``population()`` as the config's ``[fit]``, ``[priors]`` and ``[data] marrow_t_cells`` set it."""
+    """``population()`` as the config's ``[fit]``, ``[priors]`` and ``[data]`` set it (with the
+    exhausted share of the T cells when ``dvid`` has it: log-normal error, sd ~ HalfNormal(0.5))."""
     fc = config["fit"]
+    errors = {}
+    if PANEL_DVID in config["data"]["dvid"]:
+        errors[DVID_OUTPUTS[PANEL_DVID]] = popkpd.LogNormalError(popkpd.HalfNormal(0.5))
     return population(fc["rtol"], fc["atol"], int(fc["max_steps"]), centred=fc["centred"], fixed=fc["fixed"],
                       without_iiv=fc["without_iiv"], priors=config["priors"],
-                      marrow_t_cells=config["data"]["marrow_t_cells"], iiv_shares=fc["iiv_shares"])
+                      marrow_t_cells=config["data"]["marrow_t_cells"], iiv_shares=fc["iiv_shares"], errors=errors)
 
 
 def fitted_data(config: dict, trial_csv: Path):
     """``(population, dataset, rows)``: the fitted model and the data cut of the trial in ``trial_csv``."""
     pop = fitted_population(config)
-    dataset, frame = cut_dataset(pop, pd.read_csv(trial_csv), float(config["data"]["until"]), config["data"]["dvid"])
+    outputs = {k: DVID_OUTPUTS[k] for k in config["data"]["dvid"]}
+    dataset, frame = cut_dataset(pop, pd.read_csv(trial_csv), float(config["data"]["until"]), outputs)
     return pop, dataset, frame
 
 
-def cut_dataset(pop, trial_frame: pd.DataFrame, until: float, dvid):
+def cut_dataset(pop, trial_frame: pd.DataFrame, until: float, outputs: dict):
     """``(dataset, rows)``: the rows of the trial table a fit at the data cut ``until`` sees
-    (``trial_data``), read for the fitted model ``pop``."""
-    frame = trial_data(trial_frame, until, dvid)
-    dataset = popkpd.read_nonmem(frame, pop.structural, covariates=COVARIATES,
-                                 dvid_outputs={k: DVID_OUTPUTS[k] for k in dvid})
+    (``trial_data``) of the outputs ``{dvid: output name}``, read for the fitted model ``pop``."""
+    frame = trial_data(trial_frame, until, list(outputs))
+    dataset = popkpd.read_nonmem(frame, pop.structural, covariates=COVARIATES, dvid_outputs=outputs)
     return dataset, frame
 
 
@@ -703,7 +730,7 @@ def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = Fa
 
     step("recovery and early-data classification")
     t1 = time.perf_counter()
-    truth = population_truth(design, config["data"]["marrow_t_cells"])
+    truth = population_truth(design, config["data"]["marrow_t_cells"], config["data"]["dvid"])
     pop_table = population_recovery(fit, pop, truth)
     ind_table = individual_recovery(fit, trial.params, dataset.ids)
     label = np.asarray(responses(trial).best)[np.asarray(dataset.ids) - 1] >= category_index("PR")
@@ -752,6 +779,8 @@ def _summary_markdown(summary, pop_table, ind_table, design) -> str:
         f"{summary['n_observations']} observations (DVID {c['data']['dvid']}) up to day {c['data']['until']:g}. "
         + (f"The trial's patients have no IIV on {', '.join(c['trial']['without_iiv'])} ([trial] without_iiv): "
            "each has the typical value. " if c["trial"]["without_iiv"] else "")
+        + (f"The trial measures the exhausted share of the marrow T cells (DVID {PANEL_DVID}) on days "
+           f"{', '.join(f'{d:g}' for d in c['trial']['panel'])} ([trial] panel). " if c["trial"]["panel"] else "")
         + f"Fit: {c['fit']['method']}, {c['fit']['chains']} chains x ({c['fit']['warmup']} warmup + {c['fit']['draws']} draws), "
         f"max tree depth {c['fit']['max_tree_depth']}, target acceptance {c['fit']['target_accept']}, seed {c['fit']['seed']}, "
         f"ODE rtol {c['fit']['rtol']:g} / atol {c['fit']['atol']:g}."

@@ -1,7 +1,8 @@
 """What the virtual trial's data can tell about each patient, by data cut, before any fit.
 
     python fits/majestec_virtual/information.py [--config CONFIG] [--until 28 56 84 168 336]
-                                                [--weekly OUTPUT ...] [--observed RUN_OUT] [--out DIR]
+                                                [--weekly OUTPUT ...] [--panel DAY ...]
+                                                [--observed RUN_OUT] [--out DIR]
 
 For the config's trial (``[trial]``) and fitted model (``[fit]``, ``[priors]``, ``[data]
 marrow_t_cells``), the expected eta shrinkage of each random effect of the fit
@@ -12,7 +13,10 @@ the other random effects known: where the two differ, the data move two effects 
 cannot tell them apart. ``--weekly m_protein t_cells`` asks the same of another sampling
 schedule: those outputs measured every 7 days from day 0 instead of the trial's schedule
 (``popkpd._trial.design.standard_sampling``: M-protein and sBCMA every 28 days, T cells at days 0,
-7, 28, 56 and 84), the rest unchanged. ``--observed`` puts a finished run's shrinkage (``RUN_OUT/report/shrinkage.csv``)
+7, 28, 56 and 84), the rest unchanged. ``--panel 7 28 56`` adds a measurement the shipped trial does
+not have: the exhausted share of the marrow T cells (DVID 6, the model's ``t_exhausted_fraction``,
+what an on-treatment flow panel of exhaustion markers such as PD-1+TIM-3+ measures) on those days
+(the config's ``[trial] panel``, fitted). ``--observed`` puts a finished run's shrinkage (``RUN_OUT/report/shrinkage.csv``)
 beside the cut it was fitted at. Writes ``DIR/expected_shrinkage.csv`` (default
 ``outputs/``) and prints the tables.
 
@@ -65,11 +69,22 @@ def true_deviations(pop, dataset, values: dict, params: pd.DataFrame) -> dict:
     return {name: np.log(true[name].to_numpy() / np.asarray(typical[name])) for name in pop.iiv_names}
 
 
-def expected_by_cut(config: dict, cuts=CUTS, weekly=(), progress=print) -> pd.DataFrame:
+def with_panel(config: dict, days) -> dict:
+    """A copy of ``config`` whose trial measures the exhausted share of the T cells on ``days`` too
+    (``[trial] panel``) and whose fit has it (``[data] dvid``); checked as ``load_config`` checks."""
+    config = {section: dict(values) for section, values in config.items()}
+    if days:
+        config["trial"]["panel"] = sorted(set(config["trial"]["panel"]) | {float(d) for d in days})
+        config["data"]["dvid"] = sorted(set(config["data"]["dvid"]) | {majestec.PANEL_DVID})
+    return majestec.check_config(config, "--panel")
+
+
+def expected_by_cut(config: dict, cuts=CUTS, weekly=(), panel=(), progress=print) -> pd.DataFrame:
     """``popkpd.expected_shrinkage`` of the config's fit at each data cut (module docstring), one
     row per cut and random effect, with the number of observations the cut gives; the outputs in
-    ``weekly`` sampled every 7 days."""
-    config = {section: dict(values) for section, values in config.items()}
+    ``weekly`` sampled every 7 days; with the exhaustion panel on the days of ``panel`` (``[trial]
+    panel``, fitted: ``[data] dvid`` gets 6)."""
+    config = with_panel(config, panel)
     config["fit"].update(rtol=1e-6, atol=1e-9)
     tc = config["trial"]
     design = majestec.trial_design(tc)
@@ -77,20 +92,21 @@ def expected_by_cut(config: dict, cuts=CUTS, weekly=(), progress=print) -> pd.Da
         every_week = list(np.arange(0.0, design.horizon, 7.0))
         design = design.replace(sampling=design.sampling_times() | {out: every_week for out in weekly})
     trial = simulate_trial(design, n=int(tc["patients"]), seed=int(tc["seed"]))
+    outputs = {k: majestec.DVID_OUTPUTS[k] for k in config["data"]["dvid"]}
     pop = majestec.fitted_population(config)
-    truth = majestec.population_truth(design, config["data"]["marrow_t_cells"])
+    truth = majestec.population_truth(design, config["data"]["marrow_t_cells"], config["data"]["dvid"])
     sampled = [s for s in pop.population_sites() if s in truth]
     values = {s: truth[s] for s in sampled}
     tables = []
     for until in cuts:
         t0 = time.perf_counter()
-        dataset, frame = majestec.cut_dataset(pop, trial.dataset, float(until), config["data"]["dvid"])
+        dataset, cut = majestec.cut_dataset(pop, trial.dataset, float(until), outputs)
         deviations = true_deviations(pop, dataset, values, trial.params)
         table = popkpd.expected_shrinkage(pop, dataset, values, deviations)
-        table.insert(0, "observations", int((frame.EVID == 0).sum()))
+        table.insert(0, "observations", int((cut.EVID == 0).sum()))
         table.insert(0, "until", float(until))
         tables.append(table)
-        progress(f"day {until:g}: {int((frame.EVID == 0).sum())} observations, {time.perf_counter() - t0:.0f} s")
+        progress(f"day {until:g}: {int((cut.EVID == 0).sum())} observations, {time.perf_counter() - t0:.0f} s")
     return pd.concat(tables, ignore_index=True)
 
 
@@ -141,6 +157,8 @@ def main(argv=None) -> int:
     parser.add_argument("--weekly", nargs="+", default=[], choices=sorted(majestec.DVID_OUTPUTS.values()),
                         metavar="OUTPUT", help="sample these outputs every 7 days instead (conc, m_protein, "
                                                "sbcma_total, t_cells)")
+    parser.add_argument("--panel", type=float, nargs="+", default=[], metavar="DAY",
+                        help="add an exhausted-fraction measurement (flow panel) on these days (> 0)")
     parser.add_argument("--observed", type=Path, help="a run's output folder: its report/shrinkage.csv beside")
     parser.add_argument("--out", type=Path, default=HERE / "outputs")
     args = parser.parse_args(argv)
@@ -153,7 +171,8 @@ def main(argv=None) -> int:
         observed = pd.read_csv(path).set_index("parameter")["shrinkage"]
         used = args.observed / "config_used.json"
         observed_cut = json.loads(used.read_text())["data"]["until"] if used.is_file() else "?"
-    table = expected_by_cut(config, args.until, args.weekly)
+    table = expected_by_cut(config, args.until, args.weekly, args.panel)
+    config = with_panel(config, args.panel)
     trial = simulate_trial(majestec.trial_design(config["trial"]), n=int(config["trial"]["patients"]),
                            seed=int(config["trial"]["seed"]))
     noise = realised_noise(trial, float(config["data"]["until"]), config["data"]["dvid"])

@@ -242,7 +242,10 @@ class BCMAModel(AbstractStructuralModel):
     (nM; ``nm_to_ng_per_ml(x, SBCMA_MW_KDA)`` for ng/mL); L2 ``trimers_per_tumour_cell``,
     ``trimers_per_t_cell``; L3 ``tumour`` (N/N0), ``m_protein`` (g/L), ``flc`` (mg/L), ``t_cells``
     ((E+A+X)/E0); L4 ``bcma_fold`` (R_B/R_B0), ``gsi_inhibition``; L5 ``il6`` (serum, pg/mL); last,
-    with L1 and L2, ``conc_functional_bm`` (marrow drug with at least one BCMA arm free of sBCMA, nM).
+    with L1 and L2, ``conc_functional_bm`` (marrow drug with at least one BCMA arm free of sBCMA, nM);
+    after it, with L3, ``t_exhausted_fraction`` (X/(E+A+X), the exhausted share of the marrow T cells:
+    what an on-treatment flow panel of exhaustion markers such as PD-1+TIM-3+ would measure; 0 at
+    the drug-free baseline, where the model has no exhausted cells).
     """
 
     layers: tuple = eqx.field(static=True, converter=_as_layers)
@@ -363,6 +366,8 @@ class BCMAModel(AbstractStructuralModel):
             names += ["il6"]
         if 1 in self.layers and 2 in self.layers:
             names += ["conc_functional_bm"]  # last, so that the other outputs keep their positions
+        if 3 in self.layers:
+            names += ["t_exhausted_fraction"]  # after it, for the same reason
         return tuple(names)
 
     # ------------------------------------------------------------------ pieces
@@ -545,6 +550,8 @@ class BCMAModel(AbstractStructuralModel):
             out.update(il6=s["il6"])
         if 1 in self.layers and 2 in self.layers:
             out.update(conc_functional_bm=q["c_full_bm"] + q["c_part_bm"])
+        if 3 in self.layers:
+            out.update(t_exhausted_fraction=s["t_exhausted"] / (s["t_resting"] + s["t_active"] + s["t_exhausted"]))
         return jnp.stack([jnp.asarray(out[name], dtype=y.dtype) for name in self.outputs])
 
     def initial_state(self, p):

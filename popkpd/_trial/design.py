@@ -30,8 +30,14 @@ from .._structural.base import AbstractStructuralModel
 from .._structural.crs import crs_probability, peak_per_interval
 from .population import VirtualPopulation, sample_population
 
-DVID_OUTPUTS = {1: "conc", 2: "sbcma_total", 3: "m_protein", 4: "t_cells", 5: "il6"}
-"""DVID of each measured output in a simulated trial dataset (``read_nonmem(..., dvid_outputs=)``)."""
+DVID_OUTPUTS = {1: "conc", 2: "sbcma_total", 3: "m_protein", 4: "t_cells", 5: "il6", 6: "t_exhausted_fraction"}
+"""DVID of each measured output in a simulated trial dataset (``read_nonmem(..., dvid_outputs=)``).
+DVID 6, the exhausted share of the marrow T cells (an on-treatment flow panel), is not in
+``standard_sampling``: a design measures it only when its ``sampling`` says when."""
+
+OWN_NOISE_STREAM = ("t_exhausted_fraction",)
+"""Outputs whose measurement noise comes from a stream of its own (``to_dataset``), so that
+measuring them leaves every other value of a trial as it was (outputs added after the first five)."""
 
 BATCH = 32
 """Patients per ``simulate`` call (the last batch is padded): one compiled shape per design."""
@@ -264,10 +270,13 @@ def to_dataset(design: TrialDesign, covariates: pd.DataFrame, times: np.ndarray,
     covariate, upper case: the true values), then ``{COVARIATE}_MEASURED`` for each covariate of
     ``design.baseline_errors``: the true value times exp(sd z), drawn after all DVs (so a design
     without them gives the same DVs). An observation at a dose time is listed before the dose
-    (pre-dose). DV = the noise-free value at the sampling time with noise from ``design.errors``.
+    (pre-dose). DV = the noise-free value at the sampling time with noise from ``design.errors``;
+    the noise of the outputs in ``OWN_NOISE_STREAM`` comes from a stream spawned from ``rng``
+    (one per output), which leaves ``rng``'s own draws as they are.
     """
     model = design.model
     sampling = design.sampling_times()
+    own = {out: rng.spawn(1)[0] for out in OWN_NOISE_STREAM if out in sampling}
     index = {round(float(t), 6): k for k, t in enumerate(times)}
     blocks = []
     for i in range(len(covariates)):
@@ -282,7 +291,7 @@ def to_dataset(design: TrialDesign, covariates: pd.DataFrame, times: np.ndarray,
                 continue
             t = np.asarray(sampling[out], dtype=float)
             f = outputs[out][i, [index[round(float(x), 6)] for x in t]]
-            y = _noisy(design.errors[out], out, f, rng)
+            y = _noisy(design.errors[out], out, f, own.get(out, rng))
             lloq = design.lloq.get(out, -math.inf)
             blq = y < lloq
             rows["TIME"] += list(t)
