@@ -237,7 +237,7 @@ def test_realised_noise_is_the_rms_of_the_standardised_residuals():
     assert table.loc["m_protein", "observations"] == (
         (frame.EVID == 0) & (frame.DVID == 3) & (frame.TIME <= 56.0) & (frame.CENS == 0)).sum()
 
-def test_an_exhaustion_panel_is_measured_and_fitted(tmp_path):
+def test_an_exhaustion_panel_is_measured_and_fitted(tmp_path, capsys):
     """``[trial] panel`` adds DVID 6 rows on its days (the rest of the trial unchanged); with 6 in
     ``[data] dvid`` the fit sees those up to the cut and estimates their residual sd, whose true
     value is the trial's; information.py's ``--panel`` makes that config."""
@@ -263,6 +263,9 @@ def test_an_exhaustion_panel_is_measured_and_fitted(tmp_path):
     assert info.with_panel(mv.load_config(None), []) == mv.load_config(None)
     with pytest.raises(ValueError, match=r"--panel: \[trial\] panel = \[0.0\]; expected a list of days"):
         info.with_panel(mv.load_config(None), [0])
+    with pytest.raises(SystemExit):  # the command line says the same, without a traceback
+        info.main(["--panel", "0", "--until", "28", "--out", str(tmp_path)])
+    assert "--panel: [trial] panel = [0.0]; expected a list of days" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -154,15 +154,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=HERE / "config.toml")
     parser.add_argument("--until", type=float, nargs="+", default=list(CUTS), help="data cuts (days)")
-    parser.add_argument("--weekly", nargs="+", default=[], choices=sorted(majestec.DVID_OUTPUTS.values()),
-                        metavar="OUTPUT", help="sample these outputs every 7 days instead (conc, m_protein, "
-                                               "sbcma_total, t_cells)")
+    standard = sorted(majestec.DVID_OUTPUTS[k] for k in majestec.DEFAULTS["data"]["dvid"])
+    parser.add_argument("--weekly", nargs="+", default=[], choices=standard, metavar="OUTPUT",
+                        help=f"sample these outputs every 7 days instead ({', '.join(standard)})")
     parser.add_argument("--panel", type=float, nargs="+", default=[], metavar="DAY",
                         help="add an exhausted-fraction measurement (flow panel) on these days (> 0)")
     parser.add_argument("--observed", type=Path, help="a run's output folder: its report/shrinkage.csv beside")
     parser.add_argument("--out", type=Path, default=HERE / "outputs")
     args = parser.parse_args(argv)
-    config = majestec.load_config(args.config)
+    try:
+        config = with_panel(majestec.load_config(args.config), args.panel)
+    except ValueError as err:
+        parser.error(str(err))
     observed = None
     if args.observed is not None:
         path = args.observed / "report" / "shrinkage.csv"
@@ -171,8 +174,7 @@ def main(argv=None) -> int:
         observed = pd.read_csv(path).set_index("parameter")["shrinkage"]
         used = args.observed / "config_used.json"
         observed_cut = json.loads(used.read_text())["data"]["until"] if used.is_file() else "?"
-    table = expected_by_cut(config, args.until, args.weekly, args.panel)
-    config = with_panel(config, args.panel)
+    table = expected_by_cut(config, args.until, args.weekly)
     trial = simulate_trial(majestec.trial_design(config["trial"]), n=int(config["trial"]["patients"]),
                            seed=int(config["trial"]["seed"]))
     noise = realised_noise(trial, float(config["data"]["until"]), config["data"]["dvid"])
