@@ -287,6 +287,20 @@ def test_information_script_runs_and_more_data_shrink_less(tmp_path):
     assert (panel.shrinkage <= late.shrinkage + 1e-9).all()
     assert panel.loc["k_exh", "shrinkage"] < late.loc["k_exh", "shrinkage"] - 0.3
 
+
+@pytest.mark.parametrize("fixed, without", [(["tau50_n"], []), (["tau50_n", "cl2"], ["kmax"]), ([], [])])
+def test_summary_names_what_the_fit_holds_fixed_or_without_iiv(fixed, without):
+    config = mv.load_config(None)
+    config["fit"].update(fixed=fixed, without_iiv=without)
+    summary = {"config": config, "n_patients": 24, "n_observations": 576, "responders": 11, "classification": {},
+               "convergence": "", "pooled_from": [], "fit_timing_s": {},
+               "timing_s": {"trial_s": 1.0, "fit_s": 2.0, "report_s": 3.0, "analysis_s": 4.0, "total_s": 10.0}}
+    empty = pd.DataFrame({"parameter": []})
+    first = mv._summary_markdown(summary, empty, empty, mv.trial_design(config["trial"])).split("\n")[2]
+    assert (f"Held at their prior's centre ([fit] fixed): {', '.join(fixed)}." in first) == bool(fixed)
+    assert (f"Estimated without IIV ([fit] without_iiv): {', '.join(without)}." in first) == bool(without)
+    assert ("prior's centre" in first) == bool(fixed) and ("without IIV" in first) == bool(without)
+
 def test_runs_with_different_fit_seeds_share_no_chain():
     """Chain seeds of fit seeds 0-4 with up to CHAIN_SEEDS chains are all different (until run 13 a
     chain seed was fit seed + k, so that fit seeds 0 and 1 shared one); fit seed 0 keeps 0, 1, ..."""

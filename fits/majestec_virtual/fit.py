@@ -784,6 +784,9 @@ def _summary_markdown(summary, pop_table, ind_table, design) -> str:
         + f"Fit: {c['fit']['method']}, {c['fit']['chains']} chains x ({c['fit']['warmup']} warmup + {c['fit']['draws']} draws), "
         f"max tree depth {c['fit']['max_tree_depth']}, target acceptance {c['fit']['target_accept']}, seed {c['fit']['seed']}, "
         f"ODE rtol {c['fit']['rtol']:g} / atol {c['fit']['atol']:g}."
+        + (f" Held at their prior's centre ([fit] fixed): {', '.join(c['fit']['fixed'])}." if c["fit"]["fixed"] else "")
+        + (f" Estimated without IIV ([fit] without_iiv): {', '.join(c['fit']['without_iiv'])}."
+           if c["fit"]["without_iiv"] else "")
         + (f" The chains of {len(summary['pooled_from'])} runs pooled (`--pool`, their fit seeds above): "
            + ", ".join(summary["pooled_from"]) + "; the fit time below is the pooling's, the runs' own in their "
            "summaries." if summary.get("pooled_from") else ""),
