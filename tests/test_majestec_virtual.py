@@ -15,8 +15,8 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 SCRIPT = REPOSITORY / "fits" / "majestec_virtual" / "fit.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("majestec_virtual_fit", SCRIPT)
+def _load(script=SCRIPT, name="majestec_virtual_fit"):
+    spec = importlib.util.spec_from_file_location(name, script)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -173,13 +173,8 @@ def test_measured_marrow_t_cells_make_e0s_random_effect_the_measurement_error():
         k: v for k, v in truth_without.items() if k != "omega_e0"}
 
 
-
 def _load_information():
-    spec = importlib.util.spec_from_file_location("majestec_virtual_information", SCRIPT.parent / "information.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return _load(SCRIPT.parent / "information.py", "majestec_virtual_information")
 
 
 def test_information_takes_each_patients_true_random_effects_from_the_trial():
@@ -195,7 +190,7 @@ def test_information_takes_each_patients_true_random_effects_from_the_trial():
     pop = mv.fitted_population(config)
     truth = mv.population_truth(design, config["data"]["marrow_t_cells"])
     values = {s: truth[s] for s in pop.population_sites()}
-    dataset, _ = mv.cut_dataset(pop, trial.dataset, 28.0, {k: mv.DVID_OUTPUTS[k] for k in config["data"]["dvid"]})
+    dataset, _ = mv.cut_dataset(pop, trial.dataset, 28.0, config["data"]["dvid"])
     got = info.true_deviations(pop, dataset, values, trial.params)
     assert set(got) == set(pop.iiv_names)
     eta = trial.eta.set_index("ID").loc[list(dataset.ids)]
@@ -207,7 +202,6 @@ def test_information_takes_each_patients_true_random_effects_from_the_trial():
     np.testing.assert_allclose(got["m0"], np.log(cov["m0"].to_numpy() / 20.0))
     s0 = mv.popkpd.ng_per_ml_to_nm(cov["sbcma"].to_numpy(), mv.popkpd.SBCMA_MW_KDA)
     np.testing.assert_allclose(got["s0"], np.log(s0 / mv.popkpd.ng_per_ml_to_nm(90.0, mv.popkpd.SBCMA_MW_KDA)))
-
 
 
 def test_realised_noise_is_the_rms_of_the_standardised_residuals():
@@ -237,6 +231,7 @@ def test_realised_noise_is_the_rms_of_the_standardised_residuals():
     assert table.loc["m_protein", "observations"] == (
         (frame.EVID == 0) & (frame.DVID == 3) & (frame.TIME <= 56.0) & (frame.CENS == 0)).sum()
 
+
 def test_an_exhaustion_panel_is_measured_and_fitted(tmp_path, capsys):
     """``[trial] panel`` adds DVID 6 rows on its days (the rest of the trial unchanged); with 6 in
     ``[data] dvid`` the fit sees those up to the cut and estimates their residual sd, whose true
@@ -251,7 +246,7 @@ def test_an_exhaustion_panel_is_measured_and_fitted(tmp_path, capsys):
     assert sorted(set(rows.TIME)) == [7.0, 28.0, 84.0] and len(rows) == 6
     pd.testing.assert_frame_equal(trial.dataset[trial.dataset.DVID != 6].reset_index(drop=True), plain.dataset)
     pop = mv.fitted_population(config)
-    dataset, frame = mv.cut_dataset(pop, trial.dataset, 56.0, {k: mv.DVID_OUTPUTS[k] for k in config["data"]["dvid"]})
+    dataset, frame = mv.cut_dataset(pop, trial.dataset, 56.0, config["data"]["dvid"])
     assert sorted(set(frame[frame.DVID == 6].TIME)) == [7.0, 28.0]
     assert "sigma_t_exhausted_fraction" in pop.population_sites()
     assert "sigma_t_exhausted_fraction" not in mv.fitted_population(mv.load_config(None)).population_sites()
@@ -300,6 +295,7 @@ def test_summary_names_what_the_fit_holds_fixed_or_without_iiv(fixed, without):
     assert (f"Held at their prior's centre ([fit] fixed): {', '.join(fixed)}." in first) == bool(fixed)
     assert (f"Estimated without IIV ([fit] without_iiv): {', '.join(without)}." in first) == bool(without)
     assert ("prior's centre" in first) == bool(fixed) and ("without IIV" in first) == bool(without)
+
 
 def test_runs_with_different_fit_seeds_share_no_chain():
     """Chain seeds of fit seeds 0-4 with up to CHAIN_SEEDS chains are all different (until run 13 a

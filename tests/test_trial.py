@@ -261,7 +261,10 @@ def test_an_exhaustion_panel_adds_its_rows_and_leaves_the_rest_of_the_trial_alon
     cens = rows.CENS.to_numpy() == 1
     np.testing.assert_array_equal(rows.DV.to_numpy()[cens], lloq)
     z = np.log(rows.DV.to_numpy()[~cens] / f[~cens]) / 0.3
-    assert z.size >= 2 * N_PATIENTS and np.all(np.abs(z) < 4.5)
+    m = z.size
+    assert m >= 2 * N_PATIENTS and np.all(np.abs(z) < 4.5)
+    assert abs(z.mean()) < 4 / math.sqrt(m)  # Monte-Carlo limits, as for the other outputs
+    assert stats.chi2.ppf(0.0005, m) < np.sum(z**2) < stats.chi2.ppf(0.9995, m)
 
 
 def test_baseline_measurements_are_lognormal_around_the_truth_and_leave_the_dvs_alone(trial, design):

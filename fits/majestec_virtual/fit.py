@@ -331,7 +331,7 @@ def trial_design(trial: dict):
     return design
 
 
-def population_truth(design, marrow_t_cells: bool | float = False, dvid=(1, 2, 3, 4)) -> dict:
+def population_truth(design, marrow_t_cells: bool | float = False, dvid=tuple(DEFAULTS["data"]["dvid"])) -> dict:
     """The values the trial was simulated with, under the fitted model's site names: typical
     values (the trial's population medians at the reference covariates), omegas (the trial's
     log-sds) and residual sds. With ``marrow_t_cells`` e0 = E0_typ x measured marrow T cells x
@@ -391,16 +391,16 @@ def fitted_population(config: dict) -> popkpd.PopulationModel:
 def fitted_data(config: dict, trial_csv: Path):
     """``(population, dataset, rows)``: the fitted model and the data cut of the trial in ``trial_csv``."""
     pop = fitted_population(config)
-    outputs = {k: DVID_OUTPUTS[k] for k in config["data"]["dvid"]}
-    dataset, frame = cut_dataset(pop, pd.read_csv(trial_csv), float(config["data"]["until"]), outputs)
+    dataset, frame = cut_dataset(pop, pd.read_csv(trial_csv), float(config["data"]["until"]), config["data"]["dvid"])
     return pop, dataset, frame
 
 
-def cut_dataset(pop, trial_frame: pd.DataFrame, until: float, outputs: dict):
+def cut_dataset(pop, trial_frame: pd.DataFrame, until: float, dvid):
     """``(dataset, rows)``: the rows of the trial table a fit at the data cut ``until`` sees
-    (``trial_data``) of the outputs ``{dvid: output name}``, read for the fitted model ``pop``."""
-    frame = trial_data(trial_frame, until, list(outputs))
-    dataset = popkpd.read_nonmem(frame, pop.structural, covariates=COVARIATES, dvid_outputs=outputs)
+    (``trial_data``), of the outputs ``dvid``, read for the fitted model ``pop``."""
+    frame = trial_data(trial_frame, until, dvid)
+    dataset = popkpd.read_nonmem(frame, pop.structural, covariates=COVARIATES,
+                                 dvid_outputs={k: DVID_OUTPUTS[k] for k in dvid})
     return dataset, frame
 
 

@@ -16,9 +16,9 @@ schedule: those outputs measured every 7 days from day 0 instead of the trial's 
 7, 28, 56 and 84), the rest unchanged. ``--panel 7 28 56`` adds a measurement the shipped trial does
 not have: the exhausted share of the marrow T cells (DVID 6, the model's ``t_exhausted_fraction``,
 what an on-treatment flow panel of exhaustion markers such as PD-1+TIM-3+ measures) on those days
-(the config's ``[trial] panel``, fitted). ``--observed`` puts a finished run's shrinkage (``RUN_OUT/report/shrinkage.csv``)
-beside the cut it was fitted at. Writes ``DIR/expected_shrinkage.csv`` (default
-``outputs/``) and prints the tables.
+(the config's ``[trial] panel``, fitted). ``--observed`` puts a finished run's shrinkage
+(``RUN_OUT/report/shrinkage.csv``) beside the cut it was fitted at. Writes
+``DIR/expected_shrinkage.csv`` (default ``outputs/``) and prints the tables.
 
 Then, per fitted output, the noise the trial's data at the config's cut actually hold
 (``realised_noise``): the root mean square of the standardised residuals of the uncensored
@@ -79,28 +79,30 @@ def with_panel(config: dict, days) -> dict:
     return majestec.check_config(config, "--panel")
 
 
-def expected_by_cut(config: dict, cuts=CUTS, weekly=(), panel=(), progress=print) -> pd.DataFrame:
-    """``popkpd.expected_shrinkage`` of the config's fit at each data cut (module docstring), one
-    row per cut and random effect, with the number of observations the cut gives; the outputs in
-    ``weekly`` sampled every 7 days; with the exhaustion panel on the days of ``panel`` (``[trial]
-    panel``, fitted: ``[data] dvid`` gets 6)."""
-    config = with_panel(config, panel)
-    config["fit"].update(rtol=1e-6, atol=1e-9)
+def config_trial(config: dict, weekly=()):
+    """The config's trial (``[trial]``), with the outputs in ``weekly`` sampled every 7 days."""
     tc = config["trial"]
     design = majestec.trial_design(tc)
     if weekly:
         every_week = list(np.arange(0.0, design.horizon, 7.0))
         design = design.replace(sampling=design.sampling_times() | {out: every_week for out in weekly})
-    trial = simulate_trial(design, n=int(tc["patients"]), seed=int(tc["seed"]))
-    outputs = {k: majestec.DVID_OUTPUTS[k] for k in config["data"]["dvid"]}
+    return simulate_trial(design, n=int(tc["patients"]), seed=int(tc["seed"]))
+
+
+def expected_by_cut(config: dict, trial, cuts=CUTS, progress=print) -> pd.DataFrame:
+    """``popkpd.expected_shrinkage`` of the config's fit to ``trial`` (``config_trial``) at each data
+    cut (module docstring), one row per cut and random effect, with the number of observations the
+    cut gives. An exhaustion panel comes with the config (``with_panel``)."""
+    config = {section: dict(values) for section, values in config.items()}
+    config["fit"].update(rtol=1e-6, atol=1e-9)
     pop = majestec.fitted_population(config)
-    truth = majestec.population_truth(design, config["data"]["marrow_t_cells"], config["data"]["dvid"])
+    truth = majestec.population_truth(trial.design, config["data"]["marrow_t_cells"], config["data"]["dvid"])
     sampled = [s for s in pop.population_sites() if s in truth]
     values = {s: truth[s] for s in sampled}
     tables = []
     for until in cuts:
         t0 = time.perf_counter()
-        dataset, cut = majestec.cut_dataset(pop, trial.dataset, float(until), outputs)
+        dataset, cut = majestec.cut_dataset(pop, trial.dataset, float(until), config["data"]["dvid"])
         deviations = true_deviations(pop, dataset, values, trial.params)
         table = popkpd.expected_shrinkage(pop, dataset, values, deviations)
         table.insert(0, "observations", int((cut.EVID == 0).sum()))
@@ -174,9 +176,10 @@ def main(argv=None) -> int:
         observed = pd.read_csv(path).set_index("parameter")["shrinkage"]
         used = args.observed / "config_used.json"
         observed_cut = json.loads(used.read_text())["data"]["until"] if used.is_file() else "?"
-    table = expected_by_cut(config, args.until, args.weekly)
-    trial = simulate_trial(majestec.trial_design(config["trial"]), n=int(config["trial"]["patients"]),
-                           seed=int(config["trial"]["seed"]))
+    trial = config_trial(config, args.weekly)
+    table = expected_by_cut(config, trial, args.until)
+    if args.weekly:  # the noise table is the config's trial's
+        trial = config_trial(config)
     noise = realised_noise(trial, float(config["data"]["until"]), config["data"]["dvid"])
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "expected_shrinkage.csv"

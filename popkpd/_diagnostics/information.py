@@ -78,8 +78,7 @@ def expected_shrinkage(pop, dataset, values: Mapping, deviations: Mapping | None
     events = dataset.events
     n = events.n_subjects
     values = {k: jnp.asarray(v, dtype=float) for k, v in values.items()}
-    omega = jnp.stack([values[f"omega_{m}"] if f"omega_{m}" in values else jnp.asarray(pop.parameters[m].iiv.value)
-                       for m in names])  # given, or Fixed
+    omega = jnp.stack([pop._omega(m, values) for m in names])  # given, or Fixed
     d0 = {}
     for m, d in (deviations or {}).items():
         if m not in names:
@@ -96,10 +95,9 @@ def expected_shrinkage(pop, dataset, values: Mapping, deviations: Mapping | None
         dev = {m: d0.get(m, jnp.zeros(n)) + omega[k] * u[k] for k, m in enumerate(names)}
         params = pop._with_deviations(values, dev, events, dataset.covariate_names)
         dist = pop.observation_distribution(pop.predict(params, events, **adjoint), values, events)
-        return dist.loc, dist.scale
+        return (dist.loc, dist.scale), dist.scale  # the scale again as the primal (one solve)
 
-    u = jnp.zeros(len(names))
-    (_, scale), (j_loc, j_scale) = location_scale(u), jax.jacfwd(location_scale)(u)  # [S, O], [S, O, P]
+    (j_loc, j_scale), scale = jax.jacfwd(location_scale, has_aux=True)(jnp.zeros(len(names)))  # [S, O, P], [S, O]
     weight = jnp.where(events.obs_mask & (events.obs_cens == 0), 1.0 / scale**2, 0.0)
     fisher = (jnp.einsum("so,sop,soq->spq", weight, j_loc, j_loc)
               + 2.0 * jnp.einsum("so,sop,soq->spq", weight, j_scale, j_scale))

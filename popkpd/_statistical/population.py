@@ -527,25 +527,24 @@ class PopulationModel(eqx.Module):
     # ----------------------------------------------------------------------------------------
     # the model
 
+    def _omega(self, name: str, values: Mapping):
+        """``name``'s IIV sd: its site's value in ``values``, else its Fixed value."""
+        prior = self.parameters[name].iiv
+        if f"omega_{name}" in values:
+            return values[f"omega_{name}"]
+        if isinstance(prior, Fixed):
+            return jnp.asarray(prior.value, dtype=float)
+        raise ValueError(
+            f"individual_parameters: values has random effects but no 'omega_{name}'; expected the "
+            "omega of every parameter with IIV (or no eta_* at all for population predictions)."
+        )
+
     def _deviations(self, values: dict) -> dict:
         """Random effects on the link scale, ``{param: [S]}``."""
         names = self.iiv_names
         if not names:
             return {}
-        omega = {}
-        for n in names:
-            if self.is_centered(n):
-                continue
-            prior = self.parameters[n].iiv
-            if f"omega_{n}" in values:
-                omega[n] = values[f"omega_{n}"]
-            elif isinstance(prior, Fixed):
-                omega[n] = jnp.asarray(prior.value, dtype=float)
-            else:
-                raise ValueError(
-                    f"individual_parameters: values has random effects but no 'omega_{n}'; expected the "
-                    "omega of every parameter with IIV (or no eta_* at all for population predictions)."
-                )
+        omega = {n: self._omega(n, values) for n in names if not self.is_centered(n)}
         if self.correlation is not None and "corr_iiv" not in values:
             raise ValueError(
                 "individual_parameters: values has random effects but no 'corr_iiv'; expected the "
