@@ -261,6 +261,10 @@ def test_an_exhaustion_panel_is_measured_and_fitted(tmp_path, capsys):
     with pytest.raises(SystemExit):  # the command line says the same, without a traceback
         info.main(["--panel", "0", "--until", "28", "--out", str(tmp_path)])
     assert "--panel: [trial] panel = [0.0]; expected a list of days" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        info.main(["--observed", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
+    assert "no " + str(tmp_path / "nowhere" / "report" / "shrinkage.csv") + "; expected the output folder of a " \
+           "fit.py run" in capsys.readouterr().err
 
 
 @pytest.mark.slow
