@@ -221,9 +221,9 @@ def _from_dict(*args, **kwargs):
     return arviz_base.from_dict(*args, **kwargs)
 
 
-def _synthetic_fit(population, values, n_subjects):
-    """A Fit holding the given draws ([1, N, ...]) and the model description only."""
-    tree = _from_dict({"posterior": {k: np.asarray(v)[None] for k, v in values.items()}},
+def _synthetic_fit(population, values, n_subjects, chains=1):
+    """A Fit holding the given draws ([chains x N, ...], chain after chain) and the model description only."""
+    tree = _from_dict({"posterior": {k: np.reshape(v, (chains, -1) + np.shape(v)[1:]) for k, v in values.items()}},
                                 coords={"subject": np.arange(1, n_subjects + 1)},
                                 dims={k: ["subject"] for k in values if k.startswith("eta_")})
     return Fit(tree, {"model": json.loads(json.dumps(population.describe()))})
@@ -257,6 +257,36 @@ def test_random_effects_agree_with_the_population_model(kind):
             z, d = effects[name]
             np.testing.assert_allclose(d[i], dev[name], rtol=1e-12)
             np.testing.assert_allclose(z[i], dev[name] / omega[name], rtol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ebe_mcse_is_the_monte_carlo_error_of_the_posterior_means(seed):
+    # each subject's posterior of z: Normal(mu_i, 0.2^2), mu_i ~ Normal(0, 0.6^2); 4 chains x 500 draws.
+    # Independent draws: the MCSE of the mean is 0.2 / sqrt(2000). Chains stuck apart (each chain of
+    # each subject off by Normal(0, 0.4^2)): the pooled mean is off by 0.4 / sqrt(4) = 0.2 in rms,
+    # the EBEs spread more and the shrinkage looks lower for the same posteriors.
+    rng = np.random.default_rng(seed)
+    chains, draws, n = 4, 500, 30
+    population = PopulationModel(popkpd.OneCompartment(), {"cl": Parameter(LogNormal(2.0, 1.0), HalfNormal(0.5)),
+                                                           "vc": Parameter(LogNormal(10.0, 1.0)),
+                                                           "ka": Parameter(LogNormal(1.0, 0.5))},
+                                 Proportional(HalfNormal(0.3)))
+    mu = rng.normal(0.0, 0.6, n)
+    noise = 0.2 * rng.normal(size=(chains, draws, n))
+    offsets = rng.normal(0.0, 0.4, (chains, 1, n))
+    tables = {}
+    for kind, z in (("mixed", mu + noise), ("stuck", mu + offsets + noise)):
+        values = {"omega_cl": np.full(chains * draws, 0.5), "eta_cl": z.reshape(chains * draws, n)}
+        tables[kind] = shrinkage(_synthetic_fit(population, values, n, chains)).set_index("parameter").loc["cl"]
+    mixed, stuck = tables["mixed"], tables["stuck"]
+    assert mixed.ebe_mcse == pytest.approx(0.2 / np.sqrt(chains * draws), rel=0.1)
+    # arviz's MCSE from the rank-normalised bulk ESS of 4 chains: 0.68-1.02 x 0.2 over seeds 0-39, and
+    # 0.64-1.54 x the realised rms error of the pooled means (itself random: 30 subjects)
+    assert 0.5 * 0.2 < stuck.ebe_mcse < 1.5 * 0.2
+    realised = np.sqrt(np.mean((z.reshape(chains * draws, n).mean(0) - mu) ** 2))
+    assert 0.4 * realised < stuck.ebe_mcse < 2.0 * realised
+    assert stuck.shrinkage < mixed.shrinkage
+    assert stuck.posterior_sd == pytest.approx(mixed.posterior_sd, rel=1e-9)  # within chains: the same draws
 
 
 # --- VPC --------------------------------------------------------------------------------------

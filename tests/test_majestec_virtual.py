@@ -232,6 +232,21 @@ def test_realised_noise_is_the_rms_of_the_standardised_residuals():
         (frame.EVID == 0) & (frame.DVID == 3) & (frame.TIME <= 56.0) & (frame.CENS == 0)).sum()
 
 
+def test_only_the_fitted_outputs_have_residual_sds(tmp_path):
+    """``[data] dvid`` sets the fitted outputs and their residual sds: an output left out has no
+    sd to sample (its prior would be all the fit says of it), and the truth table agrees."""
+    path = tmp_path / "no_m_protein.toml"
+    path.write_text("[data]\ndvid = [1, 2, 4]\n")
+    config = mv.load_config(path)
+    sites = mv.fitted_population(config).population_sites()
+    sigmas = {site for site in sites if site.startswith("sigma_")}
+    assert sigmas == {"sigma_conc", "sigma_sbcma_total", "sigma_t_cells"}
+    truth = mv.population_truth(mv.trial_design(config["trial"]), config["data"]["marrow_t_cells"], [1, 2, 4])
+    assert sigmas == {site for site in truth if site.startswith("sigma_")}
+    shipped = mv.fitted_population(mv.load_config(None)).population_sites()
+    assert {"sigma_m_protein_add", "sigma_m_protein_prop"} <= set(shipped)
+
+
 def test_an_exhaustion_panel_is_measured_and_fitted(tmp_path, capsys):
     """``[trial] panel`` adds DVID 6 rows on its days (the rest of the trial unchanged); with 6 in
     ``[data] dvid`` the fit sees those up to the cut and estimates their residual sd, whose true
@@ -263,7 +278,7 @@ def test_an_exhaustion_panel_is_measured_and_fitted(tmp_path, capsys):
     assert "--panel: [trial] panel = [0.0]; expected a list of days" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         info.main(["--observed", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
-    assert "no " + str(tmp_path / "nowhere" / "report" / "shrinkage.csv") + "; expected the output folder of a " \
+    assert "no " + str(tmp_path / "nowhere" / "fit.nc") + "; expected the output folder of a " \
            "fit.py run" in capsys.readouterr().err
 
 

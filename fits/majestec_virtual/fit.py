@@ -104,6 +104,17 @@ the early, decaying part of teclistamab's clearance); s0, m0 1.0 (population spr
 §3.2); e0, kg, kmax, k_exh from science.md L3 (E:T's 1.5 narrowed to 1.0), their IIV sds
 HalfNormal(1.0) (none published); tau50_n 1.0 around the calibrated value."""
 
+ERRORS = {
+    "conc": popkpd.LogNormalError(popkpd.HalfNormal(0.5)),
+    "sbcma_total": popkpd.LogNormalError(popkpd.HalfNormal(0.5)),
+    "m_protein": popkpd.Combined(popkpd.HalfNormal(2.0), popkpd.HalfNormal(0.3)),
+    "t_cells": popkpd.LogNormalError(popkpd.HalfNormal(0.5)),
+    "t_exhausted_fraction": popkpd.LogNormalError(popkpd.HalfNormal(0.5)),
+}
+"""Residual error of each output a fit may be given (``DVID_OUTPUTS``), the priors of its sds:
+log-normal, sd ~ HalfNormal(0.5), but M-protein's combined additive (g/L, HalfNormal(2.0)) and
+proportional (HalfNormal(0.3)) error."""
+
 INDIVIDUAL = ("s0", "et", "k_exh", "e0", "m0", "kmax", "kg", "cl", "cl2", "vc", "ka")
 """Patient-level quantities of the recovery table (``et`` = e0 / n0, the marrow E:T at baseline);
 those the fit gives one value for every patient (``[fit] fixed``, ``without_iiv``) are left out."""
@@ -275,7 +286,8 @@ def _covariate_effects(marrow_t_cells: bool | float = False) -> dict:
 
 def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, centred=(),
                fixed=(), without_iiv=(), priors=None, marrow_t_cells=False,
-               iiv_shares=None, errors=None) -> popkpd.PopulationModel:
+               iiv_shares=None, outputs=tuple(DVID_OUTPUTS[k] for k in DEFAULTS["data"]["dvid"])
+               ) -> popkpd.PopulationModel:
     """The fitted population model (module docstring, "The identifiable configuration"); the
     random effects of ``centred`` are sampled centred (``PopulationModel(centered=...)``; a dict
     ``{name: weight}``: partly centred with those weights), the others non-centred; the
@@ -289,8 +301,8 @@ def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, ce
     effect's sd fixed at the number (the assay's log-sd, known from its validation).
     ``iiv_shares`` (``{group: [name, ...]}``, the config's ``[fit] iiv_shares``): those omegas are
     sampled as their total and its shares (``PopulationModel(iiv_shares=...)``; same prior).
-    ``errors`` (``{output: residual error}``): errors of further fitted outputs, added to the
-    four (the exhaustion panel's, ``[trial] panel``)."""
+    ``outputs``: the fitted outputs (the config's ``[data] dvid``), each with its ``ERRORS``
+    residual error; an output the fit is not given has no residual sd to sample."""
     model = popkpd.BCMAModel(layers=3, clearance=teclistamab.MODEL.clearance)
     centre, effects = centres(), _covariate_effects(marrow_t_cells)
     parameters = {}
@@ -306,12 +318,7 @@ def population(rtol: float = 1e-6, atol: float = 1e-9, max_steps: int = 4096, ce
             parameters[name] = popkpd.Parameter(popkpd.LogNormal(centre[name], sd), iiv=iiv, covariates=covariates)
         else:
             parameters[name] = popkpd.Parameter(popkpd.Fixed(centre[name]), covariates=covariates)
-    error = {
-        "conc": popkpd.LogNormalError(popkpd.HalfNormal(0.5)),
-        "sbcma_total": popkpd.LogNormalError(popkpd.HalfNormal(0.5)),
-        "m_protein": popkpd.Combined(popkpd.HalfNormal(2.0), popkpd.HalfNormal(0.3)),
-        "t_cells": popkpd.LogNormalError(popkpd.HalfNormal(0.5)),
-    } | dict(errors or {})
+    error = {output: ERRORS[output] for output in outputs}
     centred = dict(centred) if isinstance(centred, dict) else tuple(centred)
     return popkpd.PopulationModel(model, parameters, error, method="ode", centered=centred,
                                   ode_options={"rtol": rtol, "atol": atol, "max_steps": max_steps},
@@ -377,15 +384,12 @@ def _results_config(config, *, seed: bool = True) -> dict | None:
 
 
 def fitted_population(config: dict) -> popkpd.PopulationModel:
-    """``population()`` as the config's ``[fit]``, ``[priors]`` and ``[data]`` set it (with the
-    exhausted share of the T cells when ``dvid`` has it: log-normal error, sd ~ HalfNormal(0.5))."""
+    """``population()`` as the config's ``[fit]``, ``[priors]`` and ``[data]`` set it."""
     fc = config["fit"]
-    errors = {}
-    if PANEL_DVID in config["data"]["dvid"]:
-        errors[DVID_OUTPUTS[PANEL_DVID]] = popkpd.LogNormalError(popkpd.HalfNormal(0.5))
     return population(fc["rtol"], fc["atol"], int(fc["max_steps"]), centred=fc["centred"], fixed=fc["fixed"],
                       without_iiv=fc["without_iiv"], priors=config["priors"],
-                      marrow_t_cells=config["data"]["marrow_t_cells"], iiv_shares=fc["iiv_shares"], errors=errors)
+                      marrow_t_cells=config["data"]["marrow_t_cells"], iiv_shares=fc["iiv_shares"],
+                      outputs=[DVID_OUTPUTS[k] for k in config["data"]["dvid"]])
 
 
 def fitted_data(config: dict, trial_csv: Path):

@@ -17,7 +17,9 @@ schedule: those outputs measured every 7 days from day 0 instead of the trial's 
 not have: the exhausted share of the marrow T cells (DVID 6, the model's ``t_exhausted_fraction``,
 what an on-treatment flow panel of exhaustion markers such as PD-1+TIM-3+ measures) on those days
 (the config's ``[trial] panel``, fitted). ``--observed`` puts a finished run's shrinkage
-(``RUN_OUT/report/shrinkage.csv``) beside the cut it was fitted at. Writes
+(``popkpd.shrinkage`` of ``RUN_OUT/fit.nc``) beside the cut it was fitted at, with the Monte Carlo
+error of its patients' posterior means (``ebe_mcse``): where that is not small, the chains'
+noise spreads the posterior means and the observed shrinkage is lower than the data's. Writes
 ``DIR/expected_shrinkage.csv`` (default ``outputs/``) and prints the tables.
 
 Then, per fitted output, the noise the trial's data at the config's cut actually hold
@@ -161,7 +163,7 @@ def main(argv=None) -> int:
                         help=f"sample these outputs every 7 days instead ({', '.join(standard)})")
     parser.add_argument("--panel", type=float, nargs="+", default=[], metavar="DAY",
                         help="add an exhausted-fraction measurement (flow panel) on these days (> 0)")
-    parser.add_argument("--observed", type=Path, help="a run's output folder: its report/shrinkage.csv beside")
+    parser.add_argument("--observed", type=Path, help="a run's output folder: the shrinkage of its fit.nc beside")
     parser.add_argument("--out", type=Path, default=HERE / "outputs")
     args = parser.parse_args(argv)
     try:
@@ -170,10 +172,10 @@ def main(argv=None) -> int:
         parser.error(str(err))
     observed = None
     if args.observed is not None:
-        path = args.observed / "report" / "shrinkage.csv"
+        path = args.observed / "fit.nc"
         if not path.is_file():
             parser.error(f"--observed {args.observed}: no {path}; expected the output folder of a fit.py run.")
-        observed = pd.read_csv(path).set_index("parameter")["shrinkage"]
+        observed = popkpd.shrinkage(popkpd.load_fit(path)).set_index("parameter")
         used = args.observed / "config_used.json"
         observed_cut = json.loads(used.read_text())["data"]["until"] if used.is_file() else "?"
     trial = config_trial(config, args.weekly)
@@ -188,7 +190,8 @@ def main(argv=None) -> int:
     tmp.replace(path)
     shrink, known = wide(table, "shrinkage"), wide(table, "shrinkage_others_known")
     if observed is not None:
-        shrink[f"observed ({args.observed.name}, day {observed_cut})"] = observed.reindex(shrink.index)
+        shrink[f"observed ({args.observed.name}, day {observed_cut})"] = observed.shrinkage.reindex(shrink.index)
+        shrink["its ebe_mcse"] = observed.ebe_mcse.reindex(shrink.index)
     pd.set_option("display.width", 200)
     counts = table.drop_duplicates("until").set_index("until").observations
     print("\nObservations given to the fit: " + ", ".join(f"week {u / 7:g}: {n}" for u, n in counts.items()))

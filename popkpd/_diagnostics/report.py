@@ -210,7 +210,9 @@ def _summary(fit, table, vpc_table, pc_table, shrink, params, paths, summary) ->
         "",
         "SD-based eta shrinkage, 1 - sd over subjects of the posterior-mean standardised random "
         "effect (omega = 1 on that scale). Above about 0.3, plots of ETA against covariates and "
-        "IPRED-based diagnostics lose power.",
+        "IPRED-based diagnostics lose power. `ebe_mcse`: the Monte Carlo error of the posterior means "
+        "(rms over subjects); where it is not small beside `ebe_sd`, unmixed chains make the shrinkage "
+        "look lower than it is.",
         "",
         _markdown(shrink) if len(shrink) else "No parameter has IIV.",
         "",

@@ -24,6 +24,13 @@ subjects of the posterior sd of ``z_i`` (within each chain, so that chains that 
 inflate it; 0: pinned by the data, 1: the prior's). It says which effects to sample centred
 (near 0) and which non-centred (near 1); ``1 - posterior_sd**2`` is the partial-centring weight
 of ``PopulationModel``'s docstring.
+
+And how much of ``ebe_sd`` is the sampler's noise: ``ebe_mcse``, the root mean square over
+subjects of the Monte Carlo standard error of ``E[z_i | data]`` (``arviz_stats``' MCSE of the
+mean, from the bulk ESS of the subject's ``z_i``: chains that disagree make it large). The
+spread of the estimated EBEs is about ``sqrt(sd(true EBEs)**2 + ebe_mcse**2)``, so where
+``ebe_mcse`` is not small beside ``ebe_sd`` the shrinkage is biased low: unmixed chains scatter
+each subject's posterior mean and look like information. Run the chains longer before reading it.
 """
 
 from __future__ import annotations
@@ -86,11 +93,13 @@ def shrinkage(fit, *, subjects=None) -> pd.DataFrame:
     DataFrame, one row per parameter with IIV: ``parameter``, ``omega`` (posterior median, sd
     of the random effect on the link scale), ``n_subjects``, ``ebe_mean`` and ``ebe_sd`` (mean
     and sd over subjects of the posterior-mean standardised effects), ``shrinkage``
-    (``1 - ebe_sd``, unitless) and ``posterior_sd`` (module docstring).
+    (``1 - ebe_sd``, unitless), ``posterior_sd`` and ``ebe_mcse`` (module docstring).
     """
+    from arviz_stats.base import array_stats  # imported late: the arviz/numpyro import order (population.py)
+
     check_fit(fit, "shrinkage")
     effects = random_effects(fit)
-    columns = ["parameter", "omega", "n_subjects", "ebe_mean", "ebe_sd", "shrinkage", "posterior_sd"]
+    columns = ["parameter", "omega", "n_subjects", "ebe_mean", "ebe_sd", "shrinkage", "posterior_sd", "ebe_mcse"]
     if not effects:
         return pd.DataFrame(columns=columns)
     ids = np.asarray(fit.tree["posterior"][f"eta_{next(iter(effects))}"]["subject"].values)
@@ -117,8 +126,9 @@ def shrinkage(fit, *, subjects=None) -> pd.DataFrame:
     for name, (z, _) in effects.items():
         ebe = z[:, keep].mean(axis=0)
         sd = float(np.std(ebe, ddof=1))
-        within = z[:, keep].reshape(chains, -1, int(keep.sum())).std(axis=1)  # [chains, subjects]
-        posterior_sd = float(within.mean())
+        by_chain = z[:, keep].reshape(chains, -1, int(keep.sum()))  # [chains, draws, subjects]
+        posterior_sd = float(by_chain.std(axis=1).mean())
+        mcse = array_stats.mcse(np.moveaxis(by_chain, -1, 0), method="mean", chain_axis=-2, draw_axis=-1)
         if f"omega_{name}" in posterior.data_vars:
             omega = float(np.median(np.asarray(posterior[f"omega_{name}"].values)))
         else:
@@ -132,6 +142,7 @@ def shrinkage(fit, *, subjects=None) -> pd.DataFrame:
                 "ebe_sd": sd,
                 "shrinkage": 1.0 - sd,
                 "posterior_sd": posterior_sd,
+                "ebe_mcse": float(np.sqrt(np.mean(np.square(mcse)))),
             }
         )
     return pd.DataFrame(rows, columns=columns)
