@@ -274,8 +274,9 @@ def test_ebe_mcse_is_the_monte_carlo_error_of_the_posterior_means(seed):
     mu = rng.normal(0.0, 0.6, n)
     noise = 0.2 * rng.normal(size=(chains, draws, n))
     offsets = rng.normal(0.0, 0.4, (chains, 1, n))
+    draws_of = {"mixed": mu + noise, "stuck": mu + offsets + noise}
     tables = {}
-    for kind, z in (("mixed", mu + noise), ("stuck", mu + offsets + noise)):
+    for kind, z in draws_of.items():
         values = {"omega_cl": np.full(chains * draws, 0.5), "eta_cl": z.reshape(chains * draws, n)}
         tables[kind] = shrinkage(_synthetic_fit(population, values, n, chains)).set_index("parameter").loc["cl"]
     mixed, stuck = tables["mixed"], tables["stuck"]
@@ -283,7 +284,7 @@ def test_ebe_mcse_is_the_monte_carlo_error_of_the_posterior_means(seed):
     # arviz's MCSE from the rank-normalised bulk ESS of 4 chains: 0.68-1.02 x 0.2 over seeds 0-39, and
     # 0.64-1.54 x the realised rms error of the pooled means (itself random: 30 subjects)
     assert 0.5 * 0.2 < stuck.ebe_mcse < 1.5 * 0.2
-    realised = np.sqrt(np.mean((z.reshape(chains * draws, n).mean(0) - mu) ** 2))
+    realised = np.sqrt(np.mean((draws_of["stuck"].mean(axis=(0, 1)) - mu) ** 2))
     assert 0.4 * realised < stuck.ebe_mcse < 2.0 * realised
     assert stuck.shrinkage < mixed.shrinkage
     assert stuck.posterior_sd == pytest.approx(mixed.posterior_sd, rel=1e-9)  # within chains: the same draws

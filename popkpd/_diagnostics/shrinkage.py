@@ -124,9 +124,9 @@ def shrinkage(fit, *, subjects=None) -> pd.DataFrame:
     posterior = fit.tree["posterior"]
     chains = posterior.sizes["chain"]
     for name, (z, _) in effects.items():
-        ebe = z[:, keep].mean(axis=0)
-        sd = float(np.std(ebe, ddof=1))
         by_chain = z[:, keep].reshape(chains, -1, int(keep.sum()))  # [chains, draws, subjects]
+        ebe = by_chain.mean(axis=(0, 1))
+        sd = float(np.std(ebe, ddof=1))
         posterior_sd = float(by_chain.std(axis=1).mean())
         mcse = array_stats.mcse(np.moveaxis(by_chain, -1, 0), method="mean", chain_axis=-2, draw_axis=-1)
         if f"omega_{name}" in posterior.data_vars:
