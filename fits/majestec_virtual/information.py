@@ -190,7 +190,8 @@ def main(argv=None) -> int:
     tmp.replace(path)
     shrink, known = wide(table, "shrinkage"), wide(table, "shrinkage_others_known")
     if observed is not None:
-        shrink[f"observed ({Path(*args.observed.resolve().parts[-2:])}, day {observed_cut})"] = observed.shrinkage.reindex(shrink.index)
+        run = Path(*args.observed.resolve().parts[-2:])  # "mv32/out": fit.py's output folders end in "out"
+        shrink[f"observed ({run}, day {observed_cut})"] = observed.shrinkage.reindex(shrink.index)
         shrink["its ebe_mcse"] = observed.ebe_mcse.reindex(shrink.index)
     pd.set_option("display.width", 200)
     counts = table.drop_duplicates("until").set_index("until").observations
