@@ -50,7 +50,13 @@ from ._trial import (
     simulate_trial as simulate_trial,
     summarise_trial as summarise_trial,
 )
-from ._inference import Fit as Fit, fit as fit, load_fit as load_fit, merge_chains as merge_chains
+from ._inference import (
+    Fit as Fit,
+    continue_fit as continue_fit,
+    fit as fit,
+    load_fit as load_fit,
+    merge_chains as merge_chains,
+)
 from ._ode.analytic import closed_form as closed_form
 from ._response import RESPONSE_CATEGORIES as RESPONSE_CATEGORIES, Response as Response, imwg_response as imwg_response
 from ._ode.simulate import Solution as Solution, SolverError as SolverError, simulate as simulate

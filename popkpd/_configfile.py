@@ -45,6 +45,9 @@ A complete example (``fits/theophylline/config.toml``)::
     devices = "all"                        # optional: split the subjects over all JAX devices (or
                                            # the first N: devices = 2); chains then run vectorised
                                            # on them (popkpd.fit(devices=...), docs/scaling.md)
+    checkpoint_every = 100                 # optional: save the fit so far every 100 draws per chain;
+                                           # `popkpd fit CONFIG --continue` runs a stopped fit (or a
+                                           # finished one, with more draws) on to the draws asked for
 
 Priors written as tables: ``{ median = m, sd = s }`` (log-normal, the default),
 ``{ prior = "logitnormal", median = m, sd = s }``, ``{ normal = [mean, sd] }``,
@@ -81,7 +84,8 @@ _ERRORS = {
     "lognormal": (_res.LogNormalError, ("sigma",)),
 }
 _FIT_KEYS = {"method", "prediction", "chains", "warmup", "draws", "seed", "target_accept", "max_tree_depth",
-             "dense_mass", "chain_method", "init", "rtol", "atol", "solver", "centered", "iiv_shares", "devices"}
+             "dense_mass", "chain_method", "init", "rtol", "atol", "solver", "centered", "iiv_shares", "devices",
+             "checkpoint_every"}
 
 
 class ConfigError(ValueError):

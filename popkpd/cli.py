@@ -8,6 +8,7 @@ can run in parallel on a multi-core CPU; the library itself never changes that s
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -20,7 +21,7 @@ def _host_devices(n: int) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
-def _fit_from_config(config_path, overrides: dict, out_dir=None, report: bool = True):
+def _fit_from_config(config_path, overrides: dict, out_dir=None, report: bool = True, resume: bool = False):
     import popkpd
     from popkpd._configfile import load_config
 
@@ -31,19 +32,56 @@ def _fit_from_config(config_path, overrides: dict, out_dir=None, report: bool = 
           + (f" ({cfg.rows_removed} rows removed by the data query)" if cfg.rows_removed else ""), flush=True)
     print(f"  model {type(cfg.population.structural).__name__}, prediction {cfg.population.method}; "
           f"sampler {options}", flush=True)
+
+    def save(result):
+        result.metadata["config"] = cfg.text
+        result.metadata["config_path"] = str(cfg.path)
+        result.metadata["rows_removed_by_query"] = cfg.rows_removed
+        result.tree.attrs["popkpd"] = json.dumps(result.metadata)
+        return result.save(out / "fit.nc")
+
+    if options.get("checkpoint_every"):
+        options["on_checkpoint"] = save
     t = time.perf_counter()
-    result = popkpd.fit(cfg.population, cfg.dataset, **options)
-    result.metadata["config"] = cfg.text
-    result.metadata["config_path"] = str(cfg.path)
-    result.metadata["rows_removed_by_query"] = cfg.rows_removed
-    out.mkdir(parents=True, exist_ok=True)
-    path = result.save(out / "fit.nc")
+    result = _continue(cfg, options, out) if resume else popkpd.fit(cfg.population, cfg.dataset, **options)
+    path = save(result)
     print(f"  done in {time.perf_counter() - t:.1f} s; saved {path}", flush=True)
     print(result.convergence(), flush=True)
     if report:
         files = popkpd.write_report(result, cfg.population, cfg.dataset, out)
         print(f"  report: {len(files)} files in {out} (summary.md first)", flush=True)
     return result, cfg, out
+
+
+def _continue(cfg, options: dict, out: Path):
+    """``popkpd fit --continue``: the fit saved in ``out`` by this config, run on to ``draws`` per chain."""
+    import tomllib
+
+    import popkpd
+
+    path = out / "fit.nc"
+    if not path.is_file():
+        raise SystemExit(f"popkpd fit --continue: no saved fit {path}; expected the output folder of an earlier "
+                         "`popkpd fit` of this config (run without --continue to start one).")
+    previous = popkpd.load_fit(path)
+
+    def settings(text):  # the config but for the settings a continuation may change
+        config = tomllib.loads(text)
+        for key in ("draws", "checkpoint_every", "devices"):
+            config.get("fit", {}).pop(key, None)
+        return config
+
+    if "config" not in previous.metadata or settings(previous.metadata["config"]) != settings(cfg.text):
+        raise SystemExit(f"popkpd fit --continue: {path} was made with another config (or not by `popkpd fit`); "
+                         f"expected {cfg.path} as it was, but for [fit] draws or checkpoint_every.")
+    done, target = int(previous.metadata["sampler"]["draws"]), int(options.get("draws", 1000))
+    if target <= done:
+        raise SystemExit(f"popkpd fit --continue: {path} has {done} draws per chain, [fit] draws (or --draws) asks "
+                         f"for {target}; expected more than {done} (the total per chain to reach).")
+    print(f"  continuing {path}: {done} draws per chain, {target - done} more", flush=True)
+    return popkpd.continue_fit(previous, cfg.population, cfg.dataset, draws=target - done,
+                               devices=options.get("devices"), checkpoint_every=options.get("checkpoint_every", 0),
+                               on_checkpoint=options.get("on_checkpoint"))
 
 
 def cmd_fit(args) -> int:
@@ -53,7 +91,10 @@ def cmd_fit(args) -> int:
 
         spec = int(args.devices) if args.devices.isdigit() else args.devices
         overrides["devices"] = devices(spec, "popkpd fit --devices")
-    _fit_from_config(args.config, overrides, args.out, report=not args.no_report)
+    if args.resume and any(overrides[k] is not None for k in ("chains", "warmup", "seed", "method")):
+        raise SystemExit("popkpd fit --continue: --chains, --warmup, --seed and --method are the saved fit's; "
+                         "expected only --draws (the total per chain to reach), --devices, --out and --no-report.")
+    _fit_from_config(args.config, overrides, args.out, report=not args.no_report, resume=args.resume)
     return 0
 
 
@@ -103,6 +144,9 @@ def main(argv=None) -> int:
                    "[fit] devices; the subject count must be a multiple of it)")
     p.add_argument("--out", help="output folder (default: outputs/ next to the config)")
     p.add_argument("--no-report", action="store_true", help="skip the diagnostics report")
+    p.add_argument("--continue", dest="resume", action="store_true",
+                   help="run the fit saved in the output folder (a stopped one: [fit] checkpoint_every, or a "
+                        "finished one) on to [fit] draws (or --draws) per chain, without a new warmup")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("report", help="write diagnostics (PNG, CSV, summary.md) for a saved fit")

@@ -106,3 +106,38 @@ def test_devices_setting(tmp_path):
                        ("4096", r"devices = 4096, but JAX sees \d+ device")):
         with pytest.raises(ConfigError, match=match):
             load_config(write(tmp_path, BASE + f"[fit]\ndevices = {bad}\n"))
+
+
+def test_popkpd_fit_saves_checkpoints_and_continues(tmp_path, monkeypatch):
+    """``[fit] checkpoint_every``: fit.nc holds the draws so far after every piece; ``popkpd fit
+    --continue`` runs the saved fit on to ``--draws``, ending with one longer run's draws; it
+    refuses a changed config and a target it has already reached."""
+    import numpy as np
+
+    from popkpd import cli
+
+    shipped = (ROOT / "fits" / "theophylline" / "config.toml").read_text()
+    config = write(tmp_path, shipped[:shipped.index("[fit]")]
+                   + "[fit]\nchains = 2\nwarmup = 60\ndraws = 12\nseed = 2\ncheckpoint_every = 5\n")
+    saved = []
+    real_save = popkpd.Fit.save
+    monkeypatch.setattr(popkpd.Fit, "save", lambda self, path: saved.append(self.metadata["sampler"]["draws"])
+                        or real_save(self, path))
+    assert cli.main(["fit", str(config), "--out", str(tmp_path / "a"), "--no-report"]) == 0
+    assert saved == [5, 10, 12, 12]  # each checkpoint, then the finished fit
+    assert cli.main(["fit", str(config), "--out", str(tmp_path / "a"), "--no-report", "--continue",
+                     "--draws", "20"]) == 0
+    assert saved[4:] == [17, 20, 20]
+    assert cli.main(["fit", str(config), "--out", str(tmp_path / "b"), "--no-report", "--draws", "20"]) == 0
+    a, b = (popkpd.load_fit(tmp_path / name / "fit.nc") for name in ("a", "b"))
+    np.testing.assert_array_equal(a.tree["posterior"]["cl_pop"].values, b.tree["posterior"]["cl_pop"].values)
+    assert [c["draws"] for c in a.metadata["continued"]] == [8]
+    with pytest.raises(SystemExit, match="has 20 draws per chain, .* asks for 20"):
+        cli.main(["fit", str(config), "--out", str(tmp_path / "a"), "--continue", "--draws", "20"])
+    config.write_text(config.read_text().replace("warmup = 60", "warmup = 70"))
+    with pytest.raises(SystemExit, match="was made with another config"):
+        cli.main(["fit", str(config), "--out", str(tmp_path / "a"), "--continue", "--draws", "30"])
+    with pytest.raises(SystemExit, match="no saved fit"):
+        cli.main(["fit", str(config), "--out", str(tmp_path / "c"), "--continue"])
+    with pytest.raises(SystemExit, match="--chains, --warmup, --seed and --method are the saved fit's"):
+        cli.main(["fit", str(config), "--out", str(tmp_path / "a"), "--continue", "--warmup", "10"])

@@ -479,6 +479,77 @@ def test_merge_chains_concatenates_single_chain_fits_in_order():
         popkpd.merge_chains([a, laplace])
 
 
+@pytest.mark.parametrize("chains", [1, 2])
+def test_continued_chains_are_one_longer_run(chains, tmp_path):
+    """``continue_fit`` runs the chains on from their saved state (step size, mass matrix, key):
+    20 draws saved, loaded and continued by 10 are exactly the 30 draws of one run, in both file
+    formats; metadata counts the draws and records the continuation."""
+    pm, events, _, _ = line_problem()
+    settings = dict(chains=chains, warmup=100, init="prior_median", seed=1, dense_mass=True, progress_bar=False)
+    whole = fit(pm, events, draws=30, **settings)
+    first = fit(pm, events, draws=20, **settings)
+    for fmt in ("netcdf4", "netcdf3-flat"):
+        saved = load_fit(first.save(tmp_path / f"{fmt}.nc", format=fmt))
+        more = popkpd.continue_fit(saved, pm, events, draws=10, progress_bar=False)
+        for group in ("posterior", "sample_stats", "log_likelihood"):
+            for name, value in whole.tree[group].data_vars.items():
+                np.testing.assert_array_equal(more.tree[group][name].values, value.values, err_msg=f"{group}/{name}")
+        assert more.tree["posterior_predictive"].sizes["draw"] == 30
+        assert list(more.tree["posterior"].draw.values) == list(range(30))
+        assert more.metadata["sampler"]["draws"] == 30 and [c["draws"] for c in more.metadata["continued"]] == [10]
+    again = popkpd.continue_fit(more, pm, events, draws=5, progress_bar=False)
+    assert again.metadata["sampler"]["draws"] == 35 and len(again.metadata["continued"]) == 2
+
+
+def test_checkpoints_hold_the_draws_so_far_and_a_stopped_run_goes_on():
+    """``checkpoint_every``: the fit so far after every piece; the pieces are one run's draws, and
+    a run stopped after a checkpoint, continued from it, ends where the whole run ends."""
+    pm, events, _, _ = line_problem()
+    settings = dict(chains=2, warmup=100, init="prior_median", seed=1, dense_mass=True, progress_bar=False)
+    whole = fit(pm, events, draws=30, **settings)
+    saved = []
+    pieces = fit(pm, events, draws=30, checkpoint_every=7, on_checkpoint=saved.append, **settings)
+    assert [f.metadata["sampler"]["draws"] for f in saved] == [7, 14, 21, 28, 30]
+    resumed = popkpd.continue_fit(saved[1], pm, events, draws=16, checkpoint_every=10, on_checkpoint=saved.append,
+                                  progress_bar=False)
+    assert [f.metadata["sampler"]["draws"] for f in saved[5:]] == [24, 30]
+    for result in (pieces, saved[4], resumed, saved[-1]):
+        for group in ("posterior", "sample_stats", "log_likelihood"):
+            for name, value in whole.tree[group].data_vars.items():
+                np.testing.assert_array_equal(result.tree[group][name].values, value.values, err_msg=f"{group}/{name}")
+    assert "continued" not in pieces.metadata and pieces.metadata["timing_s"]["mcmc_s"] > 0
+    with pytest.raises(ValueError, match="checkpoint_every=5 without a callable on_checkpoint"):
+        fit(pm, events, draws=30, checkpoint_every=5, **settings)
+
+
+def test_merged_chains_continue_as_each_chain_alone():
+    """The saved states merge with the chains (``merge_chains``): the merged fit's chains, run on
+    together, give what each chain gives run on alone."""
+    pm, events, _, _ = line_problem()
+    a, b = (fit(pm, events, chains=1, warmup=100, draws=20, init="prior_median", seed=s, progress_bar=False)
+            for s in (1, 2))
+    merged = popkpd.continue_fit(popkpd.merge_chains([a, b]), pm, events, draws=10, progress_bar=False)
+    for k, one in enumerate((a, b)):
+        alone = popkpd.continue_fit(one, pm, events, draws=10, progress_bar=False)
+        np.testing.assert_array_equal(merged.tree["posterior"]["a_pop"].values[k], alone.tree["posterior"]["a_pop"].values[0])
+
+
+def test_continue_fit_errors(dataset, nuts_fit):
+    pm, events, _, _ = line_problem()
+    laplace = fit(pm, events, method="laplace", draws=10, seed=4)
+    with pytest.raises(ValueError, match="method='laplace'.* has no stored NUTS state"):
+        popkpd.continue_fit(laplace, pm, events, draws=10)
+    with pytest.raises(ValueError, match=r"draws=0\): expected an integer >= 1"):
+        popkpd.continue_fit(nuts_fit, population(), dataset, draws=0)
+    with pytest.raises(ValueError, match="the data's hash .* differs from the previous fit's"):
+        popkpd.continue_fit(nuts_fit, population(), popkpd.read_nonmem(simulate_table(6, seed=9), IV, covariates=["WT"]),
+                            draws=5)
+    with pytest.raises(ValueError, match="the population model differs from the previous fit's"):
+        popkpd.continue_fit(nuts_fit, population(method="ode"), dataset, draws=5)
+    with pytest.raises(TypeError, match="expected a Fit"):
+        popkpd.continue_fit("fit.nc", population(), dataset, draws=5)
+
+
 def test_iiv_shares_sample_the_same_posterior(dataset):
     """``iiv_shares`` changes the coordinates, not the model: NUTS in (total, shares) and in the
     omegas themselves agree on the posterior means of the omegas and typical values within 4 Monte

@@ -109,6 +109,7 @@ def test_trial_without_iiv_keeps_the_patients(tmp_path):
     ('[trial]\npanel = "28"\n', r"panel = '28'; expected a list"),
     ('[fit]\nprocesses = "yes"\n', r"processes = 'yes'; expected true, false or \"auto\""),
     ('[fit]\ndense_mass = "yes"\n', r"dense_mass = 'yes'; expected true or false"),
+    ("[fit]\ncheckpoint = -100\n", r"checkpoint = -100; expected a whole number >= 0"),
     ("[data]\nmarrow_t_cells = -0.4\n", r"marrow_t_cells = -0.4; expected false, true"),
     ('[data]\nmarrow_t_cells = "yes"\n', r"marrow_t_cells = 'yes'; expected false, true"),
     ('[data]\nmarrow_t_cells = 0.4\n[fit]\nwithout_iiv = ["e0"]\n', r"fixes e0's IIV .* but \[fit\] without_iiv"),
@@ -368,6 +369,31 @@ def test_pool_merges_the_chains_of_runs_that_differ_only_in_seed(tmp_path, monke
     made[fewer / "fit.nc"]["trial"]["without_iiv"] = ["chi"]
     with pytest.raises(ValueError, match=r"--pool: .*f/fit.nc was made with another config"):
         mv.pooled_fit(config, [runs[0], fewer])
+
+
+def test_continue_takes_a_saved_fit_of_the_same_config_but_its_draws(tmp_path, monkeypatch):
+    """``--continue``: the saved chain's config may differ in ``[fit] draws``, ``checkpoint`` and
+    ``processes`` only; a missing file, another config or more draws than asked are refused."""
+    made = mv.load_config(None)
+
+    class Saved:
+        def __init__(self, path):
+            self.metadata = {"majestec_virtual": {"config": made}, "sampler": {"draws": 400}}
+
+    monkeypatch.setattr(mv.popkpd, "load_fit", Saved)
+    path = tmp_path / "chain_0.nc"
+    with pytest.raises(FileNotFoundError, match="--continue: no saved fit .*chain_0.nc"):
+        mv._saved_for_continuing(made, path)
+    path.touch()
+    config = mv.load_config(None)
+    config["fit"].update(draws=1000, checkpoint=50, processes=False)
+    assert mv._saved_for_continuing(config, path).metadata["sampler"]["draws"] == 400
+    config["fit"]["warmup"] = 1200
+    with pytest.raises(ValueError, match="was made with another config; expected the run's config with only"):
+        mv._saved_for_continuing(config, path)
+    config["fit"].update(warmup=made["fit"]["warmup"], draws=300)
+    with pytest.raises(ValueError, match="already has 400 draws per chain, more than \\[fit\\] draws = 300"):
+        mv._saved_for_continuing(config, path)
 
 
 def test_data_cut_keeps_doses_and_fitted_outputs_up_to_the_cut():

@@ -137,6 +137,11 @@ FIT_CHILD = textwrap.dedent("""
     cl = np.asarray(nuts.tree["posterior"]["cl_pop"])
     out["nuts"] = dict(shape=list(cl.shape), finite=bool(np.isfinite(cl).all()), devices=nuts.metadata["sampler"]["devices"],
                        chain_method=nuts.metadata["sampler"]["chain_method"])
+    # running the chains on over the two devices, or on one, gives the same draws (up to sum order)
+    on = {name: np.asarray(popkpd.continue_fit(nuts, population(), data, draws=5, progress_bar=False,
+                                               devices=devices).tree["posterior"]["cl_pop"]).tolist()
+          for name, devices in (("two", jax.devices()), ("one", None))}
+    out["continued"] = on
     try:
         fit(population(), popkpd.read_nonmem(simulate_table(5, seed=3), IV, covariates=["WT"]), method="laplace",
             devices=jax.devices())
@@ -149,7 +154,8 @@ FIT_CHILD = textwrap.dedent("""
 def test_fit_with_subjects_split_over_two_devices():
     """``fit(..., devices=...)``: the log density is partitioned over the devices (XLA's compiled
     program sums across them) and equals the one-device log density and gradient; the MAP and
-    the Laplace draws are the same; NUTS runs; a subject count that does not divide is refused."""
+    the Laplace draws are the same; NUTS runs, and its chains run on (``continue_fit``) over the
+    devices as on one; a subject count that does not divide is refused."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     code = f"TESTS = {os.path.dirname(__file__)!r}\n" + FIT_CHILD
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1200)
@@ -164,6 +170,8 @@ def test_fit_with_subjects_split_over_two_devices():
         np.testing.assert_allclose(r["draws_two"], r["draws_one"], rtol=1e-6, err_msg=method)
         assert r["devices_one"] is None and r["devices_two"] == ["cpu:0", "cpu:1"], method  # recorded with the fit
     assert out["nuts"] == dict(shape=[2, 10], finite=True, devices=["cpu:0", "cpu:1"], chain_method="vectorized")
+    assert np.shape(out["continued"]["two"]) == (2, 15)
+    np.testing.assert_allclose(out["continued"]["two"], out["continued"]["one"], rtol=1e-6)
     assert "received 5 subjects for a mesh of 2 devices" in out["error"], out["error"]
 
 

@@ -3,6 +3,7 @@
     python fits/majestec_virtual/fit.py [--config fits/majestec_virtual/config.toml] [--out DIR]
     python fits/majestec_virtual/fit.py --out DIR --reuse-fit          # analyse DIR/fit.nc again
     python fits/majestec_virtual/fit.py --out DIR --pool RUN1 RUN2 ... # runs with other [fit] seeds as one
+    python fits/majestec_virtual/fit.py --config C --out DIR --continue  # run DIR's saved chains on to C's draws
 
 Steps (README.md in this folder states the decisions and the measured results):
 
@@ -15,6 +16,9 @@ Steps (README.md in this folder states the decisions and the measured results):
    dvid``, the exhausted share of the marrow T cells on the panel's days), all jointly, and fit
    ``population()`` (the identifiable configuration, below) by NUTS. Saved atomically (``fit.nc``) with its diagnostics
    report (``report/``: convergence, parameters, shrinkage, GOF, VPC per output, individual fits).
+   The chains are saved every ``[fit] checkpoint`` draws while they run (``chains/chain_K.nc``,
+   one process per chain, or ``fit.nc``); ``--continue`` runs a stopped run's chains on, or a
+   finished run's further when ``[fit] draws`` is raised, exactly as one longer run would.
 3. **Recovery.** Population parameters: posterior median and 90 % interval against the values the
    trial was simulated with (``population_recovery.csv``). Patients: posterior median and 90 %
    interval of baseline sBCMA (``s0``, the synthesis is ``k_s s0``), E:T (``e0 / n0``), exhaustion rate
@@ -125,7 +129,7 @@ DEFAULTS = {
     "fit": {"method": "nuts", "chains": 2, "warmup": 800, "draws": 400, "max_tree_depth": 7,
             "target_accept": 0.9, "seed": 0, "rtol": 1e-4, "atol": 1e-7, "max_steps": 4096, "processes": "auto",
             "centred": ["s0", "m0"], "dense_mass": True, "init": "pathfinder", "fixed": ["tau50_n"],
-            "without_iiv": [], "iiv_shares": {}},
+            "without_iiv": [], "iiv_shares": {}, "checkpoint": 100},
     "priors": {},
     "classify": {"draws": 100},
 }
@@ -201,6 +205,10 @@ def check_config(config: dict, path) -> dict:
     if not (isinstance(processes, bool) or processes == "auto"):
         raise ValueError(f"{path}: [fit] processes = {processes!r}; expected true, false or \"auto\" (one process "
                          "per chain on a CPU, one process on a GPU).")
+    checkpoint = config["fit"]["checkpoint"]
+    if isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 0:
+        raise ValueError(f"{path}: [fit] checkpoint = {checkpoint!r}; expected a whole number >= 0: the draws per "
+                         "chain between saves of the chains so far (0: saved only at the end).")
     if not isinstance(config["fit"]["dense_mass"], bool):
         raise ValueError(f"{path}: [fit] dense_mass = {config['fit']['dense_mass']!r}; expected true or false.")
     fixed = config["fit"]["fixed"]
@@ -370,14 +378,15 @@ config, for ``--reuse-fit`` and ``--pool``. Not ``[data] marrow_t_cells``: runs 
 
 
 def _results_config(config, *, seed: bool = True) -> dict | None:
-    """The config without the settings that do not change the results (how chains are run), and
-    without ``[fit] seed`` when ``seed`` is false (runs that ``--pool`` may merge)."""
+    """The config without the settings that do not change the results (how chains are run and
+    saved), and without ``[fit] seed`` when ``seed`` is false (runs that ``--pool`` may merge)."""
     if config is None:
         return None
     config = json.loads(json.dumps(config))
     for section, key in KEYS_ADDED_LATER:
         config[section].setdefault(key, DEFAULTS[section][key])
     config["fit"].pop("processes", None)
+    config["fit"].pop("checkpoint", None)  # pieces of a run give the draws of one piece (popkpd.continue_fit)
     if not seed:
         config["fit"].pop("seed", None)
     return config
@@ -408,12 +417,14 @@ def cut_dataset(pop, trial_frame: pd.DataFrame, until: float, dvid):
     return dataset, frame
 
 
-def _fit(config: dict, pop, dataset, *, chains=None, seed=None, progress_bar=None):
+def _fit(config: dict, pop, dataset, *, chains=None, seed=None, progress_bar=None, on_checkpoint=None):
     fc = config["fit"]
     options = {}
     if fc["method"] == "nuts":
         options = {k: fc[k] for k in ("warmup", "max_tree_depth", "target_accept", "dense_mass", "init")}
         options["chains"] = int(fc["chains"] if chains is None else chains)
+        if on_checkpoint is not None:
+            options.update(checkpoint_every=int(fc["checkpoint"]), on_checkpoint=on_checkpoint)
     return popkpd.fit(pop, dataset, method=fc["method"], draws=int(fc["draws"]),
                       seed=int(fc["seed"] if seed is None else seed),
                       progress_bar=sys.stderr.isatty() if progress_bar is None else progress_bar, **options)
@@ -425,14 +436,66 @@ def chain_seed(seed: int, k: int) -> int:
     return CHAIN_SEEDS * int(seed) + int(k)
 
 
-def fit_chain(config: dict, out: Path, k: int) -> Path:
+def fit_and_save(config: dict, pop, dataset, path: Path, *, chains=None, seed=None, progress_bar=None,
+                 resume: bool = False):
+    """NUTS fit saved to ``path`` every ``[fit] checkpoint`` draws (``popkpd.fit``'s
+    ``checkpoint_every``) and at the end, so that a stopped run loses one piece. ``resume``: run
+    the fit saved in ``path`` (its config must be this one up to ``[fit] draws``) on to ``[fit]
+    draws`` (``popkpd.continue_fit``: exactly as one longer run would)."""
+    fc = config["fit"]
+    save = lambda f: _save_piece(f, config, path)  # noqa: E731
+    if resume:
+        fit = _saved_for_continuing(config, path)
+        more = int(fc["draws"]) - int(fit.metadata["sampler"]["draws"])
+        if more > 0:
+            fit = popkpd.continue_fit(fit, pop, dataset, draws=more, checkpoint_every=int(fc["checkpoint"]),
+                                      on_checkpoint=save,
+                                      progress_bar=sys.stderr.isatty() if progress_bar is None else progress_bar)
+    else:
+        fit = _fit(config, pop, dataset, chains=chains, seed=seed, progress_bar=progress_bar, on_checkpoint=save)
+    save(fit)
+    return fit
+
+
+def _save_piece(fit, config: dict, path: Path):
+    fit.metadata["majestec_virtual"] = {"config": config}
+    fit.tree.attrs["popkpd"] = json.dumps(fit.metadata)
+    fit.save(path)
+
+
+def _saved_for_continuing(config: dict, path: Path):
+    """The fit saved in ``path`` by an earlier run of ``config`` (up to ``[fit] draws``), for ``--continue``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--continue: no saved fit {path}; expected the output folder of an earlier run of "
+                                "this config (run without --continue to start one).")
+    fit = popkpd.load_fit(path)
+    made = fit.metadata.get("majestec_virtual", {}).get("config")
+
+    def comparable(c):
+        c = _results_config(c)
+        c["fit"].pop("draws")
+        return c
+
+    if made is None or comparable(made) != comparable(config):
+        raise ValueError(f"--continue: {path} was made with another config; expected the run's config with only "
+                         "[fit] draws (or checkpoint, processes) changed.")
+    if int(fit.metadata["sampler"]["draws"]) > int(config["fit"]["draws"]):
+        raise ValueError(f"--continue: {path} already has {fit.metadata['sampler']['draws']} draws per chain, more "
+                         f"than [fit] draws = {config['fit']['draws']}; expected draws >= the run's (the total "
+                         "per chain to reach).")
+    return fit
+
+
+def fit_chain(config: dict, out: Path, k: int, *, resume: bool = False) -> Path:
     """Chain ``k`` alone (seed ``chain_seed``), from the trial table the driver wrote; saved as
-    ``out/chains/chain_k.nc``. Run by ``--chain k`` in a process of its own, whose output goes to
-    ``out/chains/chain_k.log``: NumPyro's progress bar is written there (follow a long run with
-    ``tail -c 300 out/chains/chain_0.log``)."""
+    ``out/chains/chain_k.nc`` after every piece (``fit_and_save``). Run by ``--chain k`` in a
+    process of its own, whose output goes to ``out/chains/chain_k.log``: NumPyro's progress bar is
+    written there (follow a long run with ``tail -c 300 out/chains/chain_0.log``)."""
     pop, dataset, _ = fitted_data(config, out / "trial.csv")
-    result = _fit(config, pop, dataset, chains=1, seed=chain_seed(config["fit"]["seed"], k), progress_bar=True)
-    return result.save(out / "chains" / f"chain_{k}.nc")
+    path = out / "chains" / f"chain_{k}.nc"
+    fit_and_save(config, pop, dataset, path, chains=1, seed=chain_seed(config["fit"]["seed"], k), progress_bar=True,
+                 resume=resume)
+    return path
 
 
 def pooled_fit(config: dict, runs: list[Path]):
@@ -467,16 +530,17 @@ def _chain_processes(setting) -> bool:
     return setting  # a bool (load_config checks)
 
 
-def _chains_in_processes(config: dict, out: Path):
+def _chains_in_processes(config: dict, out: Path, resume: bool = False):
     """NUTS chains in parallel processes, one per chain (NumPyro's parallel chains fail on a
-    diffrax solve; vectorised chains share one core), merged with ``popkpd.merge_chains``."""
+    diffrax solve; vectorised chains share one core), merged with ``popkpd.merge_chains``.
+    ``resume``: each process runs its saved chain on (``fit_and_save``)."""
     (out / "chains").mkdir(parents=True, exist_ok=True)
     (out / "config_used.json").write_text(json.dumps(config))
     procs = []
     for k in range(int(config["fit"]["chains"])):
         log = open(out / "chains" / f"chain_{k}.log", "w")
-        procs.append((subprocess.Popen([sys.executable, __file__, "--out", str(out), "--chain", str(k)],
-                                       stdout=log, stderr=subprocess.STDOUT), log))
+        command = [sys.executable, __file__, "--out", str(out), "--chain", str(k)] + (["--continue"] if resume else [])
+        procs.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log))
     failed = []
     for k, (proc, log) in enumerate(procs):
         if proc.wait() != 0:
@@ -683,11 +747,14 @@ def _markdown(frame: pd.DataFrame, digits: int = 3) -> str:
 
 
 def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = False,
-        pool: list[Path] | None = None) -> dict:
+        pool: list[Path] | None = None, resume: bool = False) -> dict:
     """Steps 1-5 of the module docstring into ``out``; returns the tables and timings.
     ``reuse_fit``: take the fit from ``out/fit.nc`` (written by an earlier run with the same
     config) instead of fitting again. ``pool``: the chains of these earlier runs of the config with
-    other seeds, merged (``pooled_fit``), instead of fitting again."""
+    other seeds, merged (``pooled_fit``), instead of fitting again. ``resume``: run the chains
+    saved in ``out`` by an earlier run of the config on to ``[fit] draws`` (``fit_and_save``;
+    the config may differ from that run's only in ``[fit] draws``, ``checkpoint`` and ``processes``,
+    and the chains are found where that run ran them: ``out/chains`` or ``out/fit.nc``)."""
     out.mkdir(parents=True, exist_ok=True)
     timing = {}
     t0 = time.perf_counter()
@@ -705,8 +772,8 @@ def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = Fa
 
     pop, dataset, frame = fitted_data(config, out / "trial.csv")
     n_obs = int((frame.EVID == 0).sum())
-    step(f"fitting ({fc['method']}, {fc['chains']} chains x ({fc['warmup']} + {fc['draws']})) to {n_obs} observations "
-         f"up to day {dc['until']:g}")
+    step(f"{'continuing' if resume else 'fitting'} ({fc['method']}, {fc['chains']} chains x ({fc['warmup']} + "
+         f"{fc['draws']})) to {n_obs} observations up to day {dc['until']:g}")
     t1 = time.perf_counter()
     pooled_from = [str(p) for p in pool or []]
     if pool:
@@ -718,7 +785,9 @@ def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = Fa
             raise ValueError(f"--reuse-fit: {out / 'fit.nc'} was made with another config; expected the same "
                              "config (run without --reuse-fit to fit again).")
     elif fc["method"] == "nuts" and int(fc["chains"]) > 1 and _chain_processes(fc["processes"]):
-        fit = _chains_in_processes(config, out)
+        fit = _chains_in_processes(config, out, resume)
+    elif fc["method"] == "nuts":
+        fit = fit_and_save(config, pop, dataset, out / "fit.nc", resume=resume)
     else:
         fit = _fit(config, pop, dataset)
     timing["fit_s"] = time.perf_counter() - t1
@@ -825,14 +894,18 @@ def main(argv=None) -> int:
     parser.add_argument("--pool", type=Path, nargs="+", metavar="RUN",
                         help="analyse the chains of these earlier runs (output folders) of the config, made "
                              "with other [fit] seeds, together")
+    parser.add_argument("--continue", dest="resume", action="store_true",
+                        help="run the chains saved in OUT (a stopped run, or one to run longer) on to the config's "
+                             "[fit] draws, without a new warmup")
     parser.add_argument("--chain", type=int, default=None, help="internal: run one chain (see fit_chain)")
     args = parser.parse_args(argv)
     if args.chain is not None:
-        fit_chain(json.loads((args.out / "config_used.json").read_text()), args.out, args.chain)
+        fit_chain(json.loads((args.out / "config_used.json").read_text()), args.out, args.chain, resume=args.resume)
         return 0
-    if args.pool and args.reuse_fit:
-        parser.error("--pool and --reuse-fit: give one (--pool analyses the runs' chains again).")
-    run(load_config(args.config), args.out, reuse_fit=args.reuse_fit, pool=args.pool)
+    if sum([bool(args.pool), args.reuse_fit, args.resume]) > 1:
+        parser.error("--pool, --reuse-fit and --continue: give one (--pool and --reuse-fit analyse saved chains "
+                     "again, --continue runs them on).")
+    run(load_config(args.config), args.out, reuse_fit=args.reuse_fit, pool=args.pool, resume=args.resume)
     return 0
 
 

@@ -36,14 +36,17 @@ one host, and on several hosts after ``jax.distributed.initialize`` (docs/scalin
 from __future__ import annotations
 
 import hashlib
+import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro
 import scipy.optimize
 import scipy.stats
+import xarray as xr
 from jax.experimental import multihost_utils
 from jax.flatten_util import ravel_pytree
 from numpyro.distributions.transforms import biject_to
@@ -142,6 +145,7 @@ class FlatPosterior:
         z0 = jax.jit(lambda: {n: biject_to(supports[n]).inv(jnp.asarray(init[n])) for n in supports})()
         self.x0, self.unravel = ravel_pytree(z0)
         self.init_values = init
+        self.compiled = {}  # jitted functions of the posterior kept for reuse (``_draws`` per batch size)
 
     def potential(self, x):
         values = self.unravel(x)
@@ -433,6 +437,8 @@ def fit(
     posterior_predictive: bool = True,
     covariate_names=None,
     devices=None,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[Fit], None] | None = None,
 ) -> Fit:
     """Fit a population model to data; returns a ``Fit`` (ArviZ DataTree + metadata).
 
@@ -472,6 +478,14 @@ def fit(
         the number of devices. Same numbers as one device up to the order of the sums
         (tests/test_sharding.py); every process of a multi-host run calls ``fit`` with the same
         arguments.
+    checkpoint_every, on_checkpoint
+        NUTS: with ``checkpoint_every`` > 0, the draws are made in pieces of that many, and after
+        each piece ``on_checkpoint`` gets the fit so far (e.g. ``lambda f: f.save("fit.nc")``): a
+        long run then loses at most one piece, and ``continue_fit`` runs a saved one on. The
+        pieces give exactly the draws of one run. Cost: with one chain and the progress bar,
+        NumPyro (0.22) compiles its sampling step once for all pieces; otherwise it compiles its
+        sampling loop again for every piece (20-27 s per piece for a 3-patient BCMA L3 model on
+        2 CPU cores), so pieces should be long against that.
 
     Returns
     -------
@@ -484,6 +498,7 @@ def fit(
         ``total_s``), ``Fit.population``.
     """
     _check_arguments(method, chains, warmup, draws, target_accept, init, max_tree_depth, seed)
+    _check_checkpoint(checkpoint_every, on_checkpoint)
     if not isinstance(population, PopulationModel):
         raise TypeError(f"fit(population=...): received {type(population).__name__}; expected a PopulationModel.")
     t_start = time.perf_counter()
@@ -541,28 +556,83 @@ def fit(
             max_tree_depth=max_tree_depth,
             dense_mass=dense_mass,
         )
+        pieces = _pieces(draws, checkpoint_every)
         mcmc = MCMC(
             kernel,
             num_warmup=warmup,
-            num_samples=draws,
+            num_samples=pieces[0],
             num_chains=chains,
             chain_method=chain_method,
             progress_bar=progress_bar,
         )
         init_params = init_flat if chains > 1 else init_flat[0]
-        # one run() call: warmup and sampling share one compiled loop (warmup() + run() compile twice)
-        t0 = time.perf_counter()
-        mcmc.run(key_mcmc, init_params=init_params, extra_fields=_EXTRA_FIELDS)
-        flat = np.asarray(mcmc.get_samples(group_by_chain=True))
-        if chains == 1 and flat.ndim == 2:
-            flat = flat[None]
-        timing["mcmc_s"] = time.perf_counter() - t0  # warmup + draws, including the sampler's compilation
-        extra = mcmc.get_extra_fields(group_by_chain=True)
-        sample_stats = _sample_stats(extra, max_tree_depth)
+        # one run() call: warmup and the first draws share one compiled loop (warmup() + run() compile twice)
+        start = lambda: mcmc.run(key_mcmc, init_params=init_params, extra_fields=_EXTRA_FIELDS)  # noqa: E731
+        return _sample(mcmc, start, pieces, posterior, population, d, key_pp, sampler, timing, notes, laplace,
+                       posterior_predictive, t_start, on_checkpoint)
 
+    return _result(posterior, population, d, flat, sample_stats, None, key_pp, sampler, timing, notes, laplace,
+                   posterior_predictive, t_start)
+
+
+def _check_checkpoint(checkpoint_every, on_checkpoint):
+    if not (isinstance(checkpoint_every, int | np.integer) and not isinstance(checkpoint_every, bool)
+            and checkpoint_every >= 0):
+        raise ValueError(f"checkpoint_every={checkpoint_every!r}: expected an integer >= 0 (draws per piece; 0: "
+                         "one piece).")
+    if checkpoint_every and not callable(on_checkpoint):
+        raise ValueError(f"checkpoint_every={checkpoint_every} without a callable on_checkpoint (received "
+                         f"{on_checkpoint!r}); expected e.g. on_checkpoint=lambda f: f.save('fit.nc').")
+
+
+def _pieces(draws: int, every: int) -> list[int]:
+    """``draws`` split into pieces of ``every`` (0: one piece), the last one shorter."""
+    every = every or draws
+    return [every] * (draws // every) + ([draws % every] if draws % every else [])
+
+
+def _sample(mcmc, start, pieces, posterior, population, d, key_pp, sampler, timing, notes, laplace,
+            posterior_predictive, t_start, on_checkpoint) -> Fit:
+    """NUTS draws in ``pieces``: ``start()`` runs the first (after the warmup, or from a restored
+    state), each later piece runs on from the last state with the same compiled sampler
+    (``num_samples`` changed only for a shorter last piece). After each piece the fit so far goes
+    to ``on_checkpoint``. ``timing["mcmc_s"]``: all pieces, including the sampler's compilation."""
+    chains, depth = sampler["chains"], sampler["max_tree_depth"]
+    so_far, mcmc_s = None, 0.0
+    for k, n in enumerate(pieces):
+        t0 = time.perf_counter()
+        if k == 0:
+            start()
+        else:
+            mcmc.num_samples = n
+            mcmc.post_warmup_state = mcmc.last_state
+            mcmc.run(mcmc.last_state.rng_key, extra_fields=_EXTRA_FIELDS)
+        flat, sample_stats, state = _collect(mcmc, chains, depth)
+        mcmc_s += time.perf_counter() - t0
+        key = key_pp if k == 0 else jax.random.fold_in(key_pp, k)  # the replicates' key of each piece
+        piece = _result(posterior, population, d, flat, sample_stats, state, key, dict(sampler, draws=n),
+                        dict(timing, mcmc_s=mcmc_s), notes, laplace, posterior_predictive, t_start)
+        so_far = piece if so_far is None else _concatenate_draws(so_far, piece)
+        if on_checkpoint is not None and len(pieces) > 1:
+            on_checkpoint(so_far)
+    return so_far
+
+
+def _collect(mcmc, chains, max_tree_depth):
+    """``(flat draws [chain, draw, dim], sample_stats, final state)`` of a finished NumPyro run."""
+    flat = np.asarray(mcmc.get_samples(group_by_chain=True))
+    if chains == 1 and flat.ndim == 2:
+        flat = flat[None]
+    sample_stats = _sample_stats(mcmc.get_extra_fields(group_by_chain=True), max_tree_depth)
+    return flat, sample_stats, mcmc.last_state
+
+
+def _result(posterior, population, d, flat, sample_stats, state, key_pp, sampler, timing, notes, laplace,
+            posterior_predictive, t_start) -> Fit:
+    """The ``Fit`` of the flat draws: constrained draws, log-likelihood and replicates, tree, metadata."""
     t0 = time.perf_counter()
     samples, log_lik, pred, potential = _draws(posterior, flat, key_pp)
-    if method == "laplace":
+    if sampler["method"] == "laplace":
         # log densities (unconstrained space) of the target and of the Gaussian at the draws, for
         # PSIS-LOO of an approximate posterior (arviz_stats.loo_approximate_posterior)
         log_q = scipy.stats.multivariate_normal(laplace.mode, laplace.covariance, allow_singular=True).logpdf(flat[0])
@@ -573,20 +643,205 @@ def fit(
     timing["total_s"] = time.perf_counter() - t_start
 
     map_values = laplace.constrained_mode() if laplace is not None else None
-    metadata = collect_metadata(population, d.hash, events, sampler, timing, notes, names, laplace=laplace)
+    metadata = collect_metadata(population, d.hash, d.events, sampler, timing, notes, d.covariate_names, laplace=laplace)
     tree = build_tree(
         population,
         samples,
         sample_stats=sample_stats,
         log_likelihood=log_lik,
         posterior_predictive=pred,
-        events=events,
+        events=d.events,
         ids=d.ids,
-        covariate_names=names,
+        covariate_names=d.covariate_names,
         map_values=map_values,
         metadata=metadata,
     )
+    if state is not None:
+        tree["sampler_state"] = _state_group(state, sampler["chains"])
     return Fit(tree, metadata, population=population)
+
+
+# ------------------------------------------------------------------------------------------------
+# continuing NUTS chains
+
+
+def _state_group(state, chains: int) -> xr.DataTree:
+    """NumPyro's final NUTS state (position, gradient, adapted step size and mass matrix, random
+    key, ...) as the tree group ``sampler_state``: one variable ``leaf_<i>`` [chain, ...] per leaf
+    of the state, in float64 (exact for the float64 positions, the int32 counters and the uint32
+    keys, and storable in classic NetCDF too); the leaves' dtypes and paths in its attributes."""
+    paths_leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    variables, dtypes = {}, []
+    for i, (_, leaf) in enumerate(paths_leaves):
+        a = np.asarray(leaf)
+        a = a[None] if chains == 1 else a
+        dtypes.append(a.dtype.str)
+        variables[f"leaf_{i}"] = (["chain"] + [f"leaf_{i}_dim_{j}" for j in range(a.ndim - 1)], a.astype(np.float64))
+    ds = xr.Dataset(variables)
+    ds.attrs = {"dtypes": json.dumps(dtypes),
+                "paths": json.dumps([jax.tree_util.keystr(p) for p, _ in paths_leaves]),
+                "numpyro": numpyro.__version__}
+    return xr.DataTree(dataset=ds)
+
+
+def _restore_state(group: xr.DataTree, template, chains: int, batched: bool):
+    """The NumPyro state stored by ``_state_group``, in the structure of ``template`` (a fresh
+    state of the same kernel: of all chains when ``batched``, else of one)."""
+    template_leaves, treedef = jax.tree.flatten(template)
+    dtypes = json.loads(group.attrs["dtypes"])
+    if len(dtypes) != len(template_leaves):
+        raise ValueError(
+            f"continue_fit: the stored sampler state has {len(dtypes)} parts, this NumPyro's NUTS state "
+            f"{len(template_leaves)}; expected the NumPyro version the fit was made with "
+            f"({group.attrs.get('numpyro')}; installed {numpyro.__version__})."
+        )
+    leaves = []
+    for i, (dtype, t) in enumerate(zip(dtypes, template_leaves)):
+        a = np.asarray(group[f"leaf_{i}"].values).astype(np.dtype(dtype))
+        a = a[0] if chains == 1 else a
+        shape = a.shape if batched or chains == 1 else a.shape[1:]
+        if shape != np.shape(t):
+            raise ValueError(
+                f"continue_fit: the stored sampler state's part {json.loads(group.attrs['paths'])[i]} has shape "
+                f"{shape}, the model's {np.shape(t)}; expected the model and sampler settings of the fit."
+            )
+        leaves.append(jnp.asarray(a))
+    return jax.tree.unflatten(treedef, leaves)
+
+
+def continue_fit(
+    previous: Fit,
+    population: PopulationModel,
+    data,
+    *,
+    draws: int,
+    progress_bar: bool = True,
+    posterior_predictive: bool = True,
+    covariate_names=None,
+    devices=None,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[Fit], None] | None = None,
+) -> Fit:
+    """Continue the NUTS chains of ``previous`` for ``draws`` more draws each; returns one fit
+    holding the earlier draws and the new ones.
+
+    Each chain restarts from its stored final state (``sampler_state`` group: position, adapted
+    step size and mass matrix, random key), with no new warmup, so ``fit(draws=n)`` followed by
+    ``continue_fit(draws=m)`` gives exactly the draws of ``fit(draws=n + m)`` (the replicates of
+    ``posterior_predictive`` apart, drawn with a key of their own). For long runs: save after
+    each piece and a crash loses one piece, not the run; and chains that have not converged
+    can be run on. ``population`` and ``data`` must be those of ``previous`` (its model
+    description and data hash are checked). Settings (tree depth, target acceptance, mass
+    matrix, chains, chain method: "parallel" when JAX sees a device per chain, else vectorised)
+    are the previous fit's. ``devices``, ``checkpoint_every``, ``on_checkpoint``: as in ``fit``
+    (the subjects may be split over other devices than before; each checkpoint gets the earlier
+    draws and the new ones so far). ``metadata["continued"]`` lists each continuation (draws, time, package versions);
+    ``metadata["sampler"]["draws"]`` is the total.
+    """
+    if not isinstance(previous, Fit):
+        raise TypeError(f"continue_fit(previous=...): received {type(previous).__name__}; expected a Fit.")
+    if not (isinstance(draws, int | np.integer) and not isinstance(draws, bool) and draws >= 1):
+        raise ValueError(f"continue_fit(draws={draws!r}): expected an integer >= 1 (the draws to add per chain).")
+    if not isinstance(population, PopulationModel):
+        raise TypeError(f"continue_fit(population=...): received {type(population).__name__}; expected a PopulationModel.")
+    _check_checkpoint(checkpoint_every, on_checkpoint)
+    sampler = json.loads(json.dumps(previous.metadata["sampler"]))
+    if sampler.get("method") != "nuts" or "sampler_state" not in previous.tree.children:
+        raise ValueError(
+            f"continue_fit: the previous fit (method={sampler.get('method')!r}) has no stored NUTS state; expected "
+            "a NUTS fit made by popkpd.fit since 24 Nov 2026 (earlier fits did not store it: refit)."
+        )
+    t_start = time.perf_counter()
+    d = _Data(data, covariate_names)
+    population.check(d.events, d.covariate_names, d.ids)
+    if d.hash != previous.metadata["data_hash"]:
+        raise ValueError(
+            f"continue_fit: the data's hash {d.hash[:12]}... differs from the previous fit's "
+            f"{previous.metadata['data_hash'][:12]}...; expected the data the fit was made with."
+        )
+    if json.loads(json.dumps(population.describe())) != previous.metadata["model"]:
+        raise ValueError(
+            "continue_fit: the population model differs from the previous fit's (metadata['model']); expected "
+            "the model the fit was made with."
+        )
+    chains = int(sampler["chains"])
+    mesh = None
+    if devices is not None:
+        if not isinstance(devices, list | tuple):
+            raise TypeError(f"continue_fit(devices=...): received {type(devices).__name__}; expected a list of "
+                            "JAX devices, e.g. jax.devices().")
+        mesh = subject_mesh(devices)
+        check_divisible(d.events.n_subjects, mesh)
+    posterior = FlatPosterior(population, d.events, d.covariate_names, mesh)
+    kernel = NUTS(
+        potential_fn=posterior.potential,
+        target_accept_prob=sampler["target_accept"],
+        max_tree_depth=sampler["max_tree_depth"],
+        dense_mass=sampler["dense_mass"],
+    )
+    # the fit's own way of running chains where it still can (the same compiled program, so the
+    # same draws to the last bit); "parallel" needs as many devices as chains, else vectorised
+    chain_method = sampler.get("chain_method", "vectorized")
+    if chains > 1 and chain_method == "parallel" and (jax.local_device_count() < chains or mesh is not None):
+        chain_method = "vectorized"
+    group = previous.tree["sampler_state"]
+    # a fresh state of the same kernel (no warmup: num_warmup=0) gives the stored state's structure;
+    # vectorised chains: built from batched keys, which makes NumPyro's kernel step all chains at once
+    batched = chains > 1 and chain_method == "vectorized"
+    z = jnp.asarray(group[_position_leaf(group)].values)
+    keys = jax.random.split(jax.random.PRNGKey(0), chains) if batched else jax.random.PRNGKey(0)
+    template = kernel.init(keys, 0, init_params=z if batched else z[0], model_args=(), model_kwargs={})
+    state = _restore_state(group, template, chains, batched)
+    pieces = _pieces(draws, checkpoint_every)
+    mcmc = MCMC(kernel, num_warmup=0, num_samples=pieces[0], num_chains=chains, chain_method=chain_method,
+                progress_bar=progress_bar)
+    mcmc.post_warmup_state = state
+    start = lambda: mcmc.run(state.rng_key, init_params=state.z, extra_fields=_EXTRA_FIELDS)  # noqa: E731
+    key_pp = jax.random.fold_in(jax.random.PRNGKey(0), len(previous.metadata.get("continued", [])) + 1)
+
+    def whole(added: Fit) -> Fit:  # previous's draws and those added so far, the continuation recorded
+        out = _concatenate_draws(previous, added, timing=False)
+        out.metadata["continued"] = out.metadata.get("continued", []) + [{
+            "draws": int(added.metadata["sampler"]["draws"]),
+            "created": added.metadata["created"],
+            "timing_s": added.metadata["timing_s"],
+            "packages": added.metadata["packages"],
+        }]
+        out.tree.attrs["popkpd"] = json.dumps(out.metadata)
+        return out
+
+    checkpoint = None if on_checkpoint is None else (lambda added: on_checkpoint(whole(added)))
+    return whole(_sample(mcmc, start, pieces, posterior, population, d, key_pp, sampler, {}, [], None,
+                         posterior_predictive, t_start, checkpoint))
+
+
+def _position_leaf(group) -> str:
+    """The variable of the stored state holding the position ``z`` (path ``.z``)."""
+    return f"leaf_{json.loads(group.attrs['paths']).index('.z')}"
+
+
+def _concatenate_draws(previous: Fit, new: Fit, timing: bool = True) -> Fit:
+    """``previous`` with ``new``'s draws after its own (same chains); the sampler state is
+    ``new``'s. ``timing``: ``new``'s timings are those of both (pieces of one run), else
+    ``previous``'s are kept."""
+    tree = previous.tree.copy()
+    for group in ("posterior", "sample_stats", "log_likelihood", "posterior_predictive"):
+        if group not in tree.children:
+            continue
+        if group not in new.tree.children:
+            del tree[group]  # e.g. posterior_predictive=False now: a group must cover every draw
+            continue
+        merged = xr.concat([previous.tree[group].to_dataset(), new.tree[group].to_dataset()], dim="draw")
+        tree[group] = xr.DataTree(dataset=merged.assign_coords(draw=np.arange(merged.sizes["draw"])))
+    tree["sampler_state"] = new.tree["sampler_state"]
+    metadata = json.loads(json.dumps(previous.metadata))
+    metadata["sampler"]["draws"] = int(tree["posterior"].sizes["draw"])
+    if timing:
+        metadata["timing_s"] = dict(new.metadata["timing_s"],
+                                    predictive_s=previous.metadata["timing_s"]["predictive_s"]
+                                    + new.metadata["timing_s"]["predictive_s"])
+    tree.attrs["popkpd"] = json.dumps(metadata)
+    return Fit(tree, metadata, population=new.population)
 
 
 def _pathfinder_points(posterior, key, chains, ids):
@@ -652,7 +907,9 @@ def _draws(posterior: FlatPosterior, flat: np.ndarray, key):
         log_lik, replicate = posterior.observe(values, k)
         return values, log_lik, replicate, posterior.potential(x)
 
-    out = jax.jit(lambda xs, ks: jax.lax.map(one, (xs, ks), batch_size=batch))(jnp.asarray(xs), keys)
+    if ("draws", batch) not in posterior.compiled:  # the pieces of a run (fit's checkpoint_every) compile it once
+        posterior.compiled["draws", batch] = jax.jit(lambda xs, ks: jax.lax.map(one, (xs, ks), batch_size=batch))
+    out = posterior.compiled["draws", batch](jnp.asarray(xs), keys)
 
     def shape(a):
         if not a.is_fully_addressable:  # spread over several processes' devices (multi-host fit)

@@ -13,7 +13,10 @@ Groups of ``Fit.tree``:
 * ``constant_data``: per observation ``obs_id``, ``obs_time``, ``obs_output``, ``obs_cens``,
   ``obs_limit``, ``obs_row``; per subject the doses (``dose_*`` [subject, dose], NaN-padded) and
   the baseline covariates ``covariate`` [subject, covariate_name];
-* ``map``: the MAP (constrained site values), when one was computed.
+* ``map``: the MAP (constrained site values), when one was computed;
+* ``sampler_state``: NUTS: each chain's final state (``leaf_<i>`` [chain, ...]: position,
+  adapted step size and mass matrix, random key...), from which ``continue_fit`` runs the
+  chains on.
 
 The root attribute ``popkpd`` holds the metadata as JSON: model description, data hash, package
 versions, seed, sampler settings, timings (seconds), warnings of the fit.
@@ -393,8 +396,8 @@ def merge_chains(fits) -> Fit:
 
     For chains run in separate processes (one per CPU core: NumPyro's ``"parallel"`` chains fail
     on a diffrax solve, see ``fit``), each with its own ``seed``. The groups with a ``chain``
-    dimension (``posterior``, ``sample_stats``, ``log_likelihood``, ``posterior_predictive``) are
-    concatenated along it (chains renumbered 0..K-1); the others are taken from the first fit.
+    dimension (``posterior``, ``sample_stats``, ``log_likelihood``, ``posterior_predictive``,
+    ``sampler_state``) are concatenated along it (chains renumbered 0..K-1); the others are taken from the first fit.
     ``metadata["sampler"]``: ``chains`` the total, ``seed`` the list of seeds (and
     ``pathfinder`` the list of each fit's, with ``init="pathfinder"``); ``timing_s``
     the per-fit timings as lists (the chains ran at the same time, so wall time is their max).
@@ -432,8 +435,11 @@ def merge_chains(fits) -> Fit:
         raise ValueError(f"merge_chains: received seeds {seeds}; expected a different seed per fit (identical "
                          "seeds give identical chains).")
     tree = fits[0].tree.copy()
-    for group in ("posterior", "sample_stats", "log_likelihood", "posterior_predictive"):
+    for group in ("posterior", "sample_stats", "log_likelihood", "posterior_predictive", "sampler_state"):
         if group not in tree.children:
+            continue
+        if not all(group in f.tree.children for f in fits):  # e.g. a fit made before sampler_state was stored
+            del tree[group]
             continue
         parts = [f.tree[group].to_dataset() for f in fits]
         merged = xr.concat(parts, dim="chain")
