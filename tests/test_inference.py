@@ -185,6 +185,9 @@ def test_save_and_load_reproduce_the_fit_exactly(nuts_fit, tmp_path):
     assert loaded.metadata == nuts_fit.metadata
     assert loaded.population is None
     assert os.listdir(tmp_path) == ["fit.nc"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's private 0600
 
 
 def test_interrupted_save_leaves_the_old_file_intact(nuts_fit, tmp_path, monkeypatch):

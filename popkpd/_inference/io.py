@@ -312,6 +312,12 @@ def _write(tree: xr.DataTree, target: str, fmt: str) -> None:
         _flatten(tree).to_netcdf(target, engine="scipy")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_tree(tree: xr.DataTree, path, format: str = "auto") -> Path:
     """Write ``tree`` to ``path`` atomically: temporary file in the same folder, fsync, rename.
 
@@ -342,6 +348,7 @@ def save_tree(tree: xr.DataTree, path, format: str = "auto") -> Path:
         _write(tree, tmp, format)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private (0600); a saved fit is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
