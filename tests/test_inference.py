@@ -534,7 +534,8 @@ def test_merged_chains_continue_as_each_chain_alone():
     merged = popkpd.continue_fit(popkpd.merge_chains([a, b]), pm, events, draws=10, progress_bar=False)
     for k, one in enumerate((a, b)):
         alone = popkpd.continue_fit(one, pm, events, draws=10, progress_bar=False)
-        np.testing.assert_array_equal(merged.tree["posterior"]["a_pop"].values[k], alone.tree["posterior"]["a_pop"].values[0])
+        np.testing.assert_array_equal(merged.tree["posterior"]["a_pop"].values[k],
+                                      alone.tree["posterior"]["a_pop"].values[0])
 
 
 def test_continue_fit_errors(dataset, nuts_fit):
@@ -544,9 +545,9 @@ def test_continue_fit_errors(dataset, nuts_fit):
         popkpd.continue_fit(laplace, pm, events, draws=10)
     with pytest.raises(ValueError, match=r"draws=0\): expected an integer >= 1"):
         popkpd.continue_fit(nuts_fit, population(), dataset, draws=0)
+    other = popkpd.read_nonmem(simulate_table(6, seed=9), IV, covariates=["WT"])
     with pytest.raises(ValueError, match="the data's hash .* differs from the previous fit's"):
-        popkpd.continue_fit(nuts_fit, population(), popkpd.read_nonmem(simulate_table(6, seed=9), IV, covariates=["WT"]),
-                            draws=5)
+        popkpd.continue_fit(nuts_fit, population(), other, draws=5)
     with pytest.raises(ValueError, match="the population model differs from the previous fit's"):
         popkpd.continue_fit(nuts_fit, population(method="ode"), dataset, draws=5)
     with pytest.raises(TypeError, match="expected a Fit"):

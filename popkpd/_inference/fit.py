@@ -595,8 +595,8 @@ def _sample(mcmc, start, pieces, posterior, population, d, key_pp, sampler, timi
             posterior_predictive, t_start, on_checkpoint) -> Fit:
     """NUTS draws in ``pieces``: ``start()`` runs the first (after the warmup, or from a restored
     state), each later piece runs on from the last state with the same compiled sampler
-    (``num_samples`` changed only for a shorter last piece). After each piece the fit so far goes
-    to ``on_checkpoint``. ``timing["mcmc_s"]``: all pieces, including the sampler's compilation."""
+    (``num_samples`` changed only for a shorter last piece). After each piece, the last one too,
+    the fit so far goes to ``on_checkpoint``. ``timing["mcmc_s"]``: all pieces, including the sampler's compilation."""
     chains, depth = sampler["chains"], sampler["max_tree_depth"]
     so_far, mcmc_s = None, 0.0
     for k, n in enumerate(pieces):
@@ -613,7 +613,7 @@ def _sample(mcmc, start, pieces, posterior, population, d, key_pp, sampler, timi
         piece = _result(posterior, population, d, flat, sample_stats, state, key, dict(sampler, draws=n),
                         dict(timing, mcmc_s=mcmc_s), notes, laplace, posterior_predictive, t_start)
         so_far = piece if so_far is None else _concatenate_draws(so_far, piece)
-        if on_checkpoint is not None and len(pieces) > 1:
+        if on_checkpoint is not None:
             on_checkpoint(so_far)
     return so_far
 
@@ -643,7 +643,8 @@ def _result(posterior, population, d, flat, sample_stats, state, key_pp, sampler
     timing["total_s"] = time.perf_counter() - t_start
 
     map_values = laplace.constrained_mode() if laplace is not None else None
-    metadata = collect_metadata(population, d.hash, d.events, sampler, timing, notes, d.covariate_names, laplace=laplace)
+    metadata = collect_metadata(population, d.hash, d.events, sampler, timing, notes, d.covariate_names,
+                                laplace=laplace)
     tree = build_tree(
         population,
         samples,
@@ -743,7 +744,8 @@ def continue_fit(
     if not (isinstance(draws, int | np.integer) and not isinstance(draws, bool) and draws >= 1):
         raise ValueError(f"continue_fit(draws={draws!r}): expected an integer >= 1 (the draws to add per chain).")
     if not isinstance(population, PopulationModel):
-        raise TypeError(f"continue_fit(population=...): received {type(population).__name__}; expected a PopulationModel.")
+        raise TypeError(f"continue_fit(population=...): received {type(population).__name__}; expected a "
+                        "PopulationModel.")
     _check_checkpoint(checkpoint_every, on_checkpoint)
     sampler = json.loads(json.dumps(previous.metadata["sampler"]))
     if sampler.get("method") != "nuts" or "sampler_state" not in previous.tree.children:
