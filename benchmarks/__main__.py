@@ -1,11 +1,11 @@
 """Run the benchmarks and print their tables: ``python -m benchmarks`` (or ``./dev bench``) runs
 every one with its defaults; ``python -m benchmarks NAME [options]`` runs one (names: core,
-reference, scaling, dosing) and passes the options on (``python -m benchmarks reference --help``).
+reference, scaling, dosing, checkpoints) and passes the options on (``python -m benchmarks reference --help``).
 The reference benchmark includes the Stan side when pystan is installed (``pip install -e '.[bench]'``)."""
 
 import sys
 
-BENCHMARKS = ("core", "reference", "scaling", "dosing")
+BENCHMARKS = ("core", "reference", "scaling", "dosing", "checkpoints")
 
 
 def run(name: str, argv: list[str]) -> None:

@@ -504,11 +504,14 @@ def test_continued_chains_are_one_longer_run(chains, tmp_path):
     assert again.metadata["sampler"]["draws"] == 35 and len(again.metadata["continued"]) == 2
 
 
-def test_checkpoints_hold_the_draws_so_far_and_a_stopped_run_goes_on():
-    """``checkpoint_every``: the fit so far after every piece; the pieces are one run's draws, and
-    a run stopped after a checkpoint, continued from it, ends where the whole run ends."""
+@pytest.mark.parametrize("chains,chain_method", [(2, None), (2, "sequential"), (1, None)])
+def test_checkpoints_hold_the_draws_so_far_and_a_stopped_run_goes_on(chains, chain_method):
+    """``checkpoint_every``: the fit so far after every piece; the pieces (after the first, one
+    compiled scan of the kernel's transitions) are one run's draws, and a run stopped after a
+    checkpoint, continued from it, ends where the whole run ends."""
     pm, events, _, _ = line_problem()
-    settings = dict(chains=2, warmup=100, init="prior_median", seed=1, dense_mass=True, progress_bar=False)
+    settings = dict(chains=chains, chain_method=chain_method, warmup=100, init="prior_median", seed=1,
+                    dense_mass=True, progress_bar=False)
     whole = fit(pm, events, draws=30, **settings)
     saved = []
     pieces = fit(pm, events, draws=30, checkpoint_every=7, on_checkpoint=saved.append, **settings)

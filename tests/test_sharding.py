@@ -142,6 +142,16 @@ FIT_CHILD = textwrap.dedent("""
                                                devices=devices).tree["posterior"]["cl_pop"]).tolist()
           for name, devices in (("two", jax.devices()), ("one", None))}
     out["continued"] = on
+    # checkpoint pieces run on in one compiled scan: the same draws as one run, with parallel chains
+    # (a device per chain) and with the subjects split over the devices
+    same = {}
+    for name, devices in (("parallel", None), ("sharded", jax.devices())):
+        whole = fit(population(), data, chains=2, warmup=20, draws=10, progress_bar=False, devices=devices)
+        pieces = fit(population(), data, chains=2, warmup=20, draws=10, progress_bar=False, devices=devices,
+                     checkpoint_every=4, on_checkpoint=lambda f: None)
+        same[name] = [whole.metadata["sampler"]["chain_method"],
+                      bool(np.array_equal(whole.tree["posterior"]["cl_pop"], pieces.tree["posterior"]["cl_pop"]))]
+    out["pieces"] = same
     try:
         fit(population(), popkpd.read_nonmem(simulate_table(5, seed=3), IV, covariates=["WT"]), method="laplace",
             devices=jax.devices())
@@ -172,6 +182,7 @@ def test_fit_with_subjects_split_over_two_devices():
     assert out["nuts"] == dict(shape=[2, 10], finite=True, devices=["cpu:0", "cpu:1"], chain_method="vectorized")
     assert np.shape(out["continued"]["two"]) == (2, 15)
     np.testing.assert_allclose(out["continued"]["two"], out["continued"]["one"], rtol=1e-6)
+    assert out["pieces"] == dict(parallel=["parallel", True], sharded=["vectorized", True]), out["pieces"]
     assert "received 5 subjects for a mesh of 2 devices" in out["error"], out["error"]
 
 

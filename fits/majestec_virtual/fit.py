@@ -438,10 +438,10 @@ def chain_seed(seed: int, k: int) -> int:
 
 def fit_and_save(config: dict, pop, dataset, path: Path, *, chains=None, seed=None, progress_bar=None,
                  resume: bool = False):
-    """NUTS fit saved to ``path`` every ``[fit] checkpoint`` draws (``popkpd.fit``'s
-    ``checkpoint_every``) and at the end, so that a stopped run loses one piece. ``resume``: run
-    the fit saved in ``path`` (its config must be this one up to ``[fit] draws``) on to ``[fit]
-    draws`` (``popkpd.continue_fit``: exactly as one longer run would)."""
+    """NUTS fit saved to ``path`` every ``[fit] checkpoint`` draws and after the last piece
+    (``popkpd.fit``'s ``checkpoint_every``, ``on_checkpoint``), so that a stopped run loses one
+    piece. ``resume``: run the fit saved in ``path`` (its config must be this one up to ``[fit]
+    draws``) on to ``[fit] draws`` (``popkpd.continue_fit``: exactly as one longer run would)."""
     fc = config["fit"]
     save = lambda f: _save_piece(f, config, path)  # noqa: E731
     if resume:
@@ -453,8 +453,7 @@ def fit_and_save(config: dict, pop, dataset, path: Path, *, chains=None, seed=No
                                       progress_bar=sys.stderr.isatty() if progress_bar is None else progress_bar)
     else:
         fit = _fit(config, pop, dataset, chains=chains, seed=seed, progress_bar=progress_bar, on_checkpoint=save)
-    save(fit)
-    return fit
+    return fit  # saved by the last checkpoint (a resumed fit with no draws to add: as it was saved)
 
 
 def _save_piece(fit, config: dict, path: Path):

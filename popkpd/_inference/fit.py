@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
+import tqdm
 import scipy.optimize
 import scipy.stats
 import xarray as xr
@@ -57,7 +58,7 @@ from numpyro.infer.util import constrain_fn, potential_energy
 from .._events import Events
 from .._ode.sharding import check_divisible, constrain_subjects, subject_mesh
 from .._statistical.population import PopulationModel
-from .io import Fit, build_tree, collect_metadata
+from .io import DRAW_GROUPS, Fit, build_tree, collect_metadata, concatenate_groups
 from .pathfinder import pathfinder
 
 _EXTRA_FIELDS = ("diverging", "energy", "num_steps", "accept_prob", "potential_energy", "adapt_state.step_size")
@@ -398,18 +399,19 @@ def _check_chain_method(population, chain_method, chains, devices=None):
 # fit
 
 
-def _check_arguments(method, chains, warmup, draws, target_accept, init, max_tree_depth, seed):
-    def integer(name, value, low):
-        if not (isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= low):
-            raise ValueError(f"fit({name}={value!r}): expected an integer >= {low}.")
+def _check_integer(where, name, value, low, why=""):
+    if not (isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= low):
+        raise ValueError(f"{where}({name}={value!r}): expected an integer >= {low}{why}.")
 
+
+def _check_arguments(method, chains, warmup, draws, target_accept, init, max_tree_depth, seed):
     if method not in ("nuts", "laplace"):
         raise ValueError(f"fit(method={method!r}): expected 'nuts' (default) or 'laplace'.")
-    integer("chains", chains, 1)
-    integer("warmup", warmup, 0)
-    integer("draws", draws, 1)
-    integer("max_tree_depth", max_tree_depth, 1)
-    integer("seed", seed, 0)
+    _check_integer("fit", "chains", chains, 1)
+    _check_integer("fit", "warmup", warmup, 0)
+    _check_integer("fit", "draws", draws, 1)
+    _check_integer("fit", "max_tree_depth", max_tree_depth, 1)
+    _check_integer("fit", "seed", seed, 0)
     if not (isinstance(target_accept, float | int) and 0.0 < target_accept < 1.0):
         raise ValueError(
             f"fit(target_accept={target_accept!r}): expected a probability strictly between 0 and 1 "
@@ -482,10 +484,11 @@ def fit(
         NUTS: with ``checkpoint_every`` > 0, the draws are made in pieces of that many, and after
         each piece ``on_checkpoint`` gets the fit so far (e.g. ``lambda f: f.save("fit.nc")``): a
         long run then loses at most one piece, and ``continue_fit`` runs a saved one on. The
-        pieces give exactly the draws of one run. Cost: with one chain and the progress bar,
-        NumPyro (0.22) compiles its sampling step once for all pieces; otherwise it compiles its
-        sampling loop again for every piece (20-27 s per piece for a 3-patient BCMA L3 model on
-        2 CPU cores), so pieces should be long against that.
+        pieces give exactly the draws of one run. The first piece is NumPyro's run (after the
+        warmup); the later ones run the kernel's transitions in a scan compiled once per piece
+        length (NumPyro 0.22's ``MCMC.run`` would compile its loop again for every piece without
+        a progress bar or with vectorised chains: 30 s per piece for a 3-patient BCMA L3 model
+        on 2 CPU cores against 1 s here). With ``progress_bar``, a bar counts the later pieces.
 
     Returns
     -------
@@ -498,7 +501,7 @@ def fit(
         ``total_s``), ``Fit.population``.
     """
     _check_arguments(method, chains, warmup, draws, target_accept, init, max_tree_depth, seed)
-    _check_checkpoint(checkpoint_every, on_checkpoint)
+    _check_checkpoint("fit", checkpoint_every, on_checkpoint)
     if not isinstance(population, PopulationModel):
         raise TypeError(f"fit(population=...): received {type(population).__name__}; expected a PopulationModel.")
     t_start = time.perf_counter()
@@ -507,14 +510,7 @@ def fit(
     population.check(events, names, d.ids)
     if method == "nuts":
         chain_method = _check_chain_method(population, chain_method, chains, devices)
-    if devices is not None and not isinstance(devices, list | tuple):
-        raise TypeError(
-            f"fit(devices=...): received {type(devices).__name__}; expected a list of JAX devices, e.g. "
-            "jax.devices() (all) or jax.devices()[:2]."
-        )
-    mesh = None if devices is None else subject_mesh(devices)
-    if mesh is not None:
-        check_divisible(events.n_subjects, mesh)
+    mesh = _mesh("fit", devices, events.n_subjects)
     posterior = FlatPosterior(population, events, names, mesh)
     timing = {}
     key_init, key_mcmc, key_pp = jax.random.split(jax.random.PRNGKey(seed), 3)
@@ -550,12 +546,7 @@ def fit(
             sampler["pathfinder"] = {"iterate": info["iterate"], "iterates": info["iterates"],
                                      "elbo": info["elbo"][info["iterate"]]}
         init_flat = start if start is not None else _initial_points(posterior, laplace, key_init, chains, init, d.ids)
-        kernel = NUTS(
-            potential_fn=posterior.potential,
-            target_accept_prob=target_accept,
-            max_tree_depth=max_tree_depth,
-            dense_mass=dense_mass,
-        )
+        kernel = _nuts_kernel(posterior, sampler)
         pieces = _pieces(draws, checkpoint_every)
         mcmc = MCMC(
             kernel,
@@ -575,14 +566,35 @@ def fit(
                    posterior_predictive, t_start)
 
 
-def _check_checkpoint(checkpoint_every, on_checkpoint):
-    if not (isinstance(checkpoint_every, int | np.integer) and not isinstance(checkpoint_every, bool)
-            and checkpoint_every >= 0):
-        raise ValueError(f"checkpoint_every={checkpoint_every!r}: expected an integer >= 0 (draws per piece; 0: "
-                         "one piece).")
+def _check_checkpoint(where, checkpoint_every, on_checkpoint):
+    _check_integer(where, "checkpoint_every", checkpoint_every, 0, " (draws per piece; 0: one piece)")
     if checkpoint_every and not callable(on_checkpoint):
-        raise ValueError(f"checkpoint_every={checkpoint_every} without a callable on_checkpoint (received "
+        raise ValueError(f"{where}: checkpoint_every={checkpoint_every} without a callable on_checkpoint (received "
                          f"{on_checkpoint!r}); expected e.g. on_checkpoint=lambda f: f.save('fit.nc').")
+
+
+def _mesh(where, devices, n_subjects):
+    """The subject mesh of ``devices`` (``None``: one device), checked against the subject count."""
+    if devices is None:
+        return None
+    if not isinstance(devices, list | tuple):
+        raise TypeError(
+            f"{where}(devices=...): received {type(devices).__name__}; expected a list of JAX devices, e.g. "
+            "jax.devices() (all) or jax.devices()[:2]."
+        )
+    mesh = subject_mesh(devices)
+    check_divisible(n_subjects, mesh)
+    return mesh
+
+
+def _nuts_kernel(posterior, sampler: dict) -> NUTS:
+    """NUTS on ``posterior`` with the settings recorded in ``sampler`` (a fit's ``metadata["sampler"]``)."""
+    return NUTS(
+        potential_fn=posterior.potential,
+        target_accept_prob=sampler["target_accept"],
+        max_tree_depth=sampler["max_tree_depth"],
+        dense_mass=sampler["dense_mass"],
+    )
 
 
 def _pieces(draws: int, every: int) -> list[int]:
@@ -593,28 +605,35 @@ def _pieces(draws: int, every: int) -> list[int]:
 
 def _sample(mcmc, start, pieces, posterior, population, d, key_pp, sampler, timing, notes, laplace,
             posterior_predictive, t_start, on_checkpoint) -> Fit:
-    """NUTS draws in ``pieces``: ``start()`` runs the first (after the warmup, or from a restored
-    state), each later piece runs on from the last state with the same compiled sampler
-    (``num_samples`` changed only for a shorter last piece). After each piece, the last one too,
-    the fit so far goes to ``on_checkpoint``. ``timing["mcmc_s"]``: all pieces, including the sampler's compilation."""
+    """NUTS draws in ``pieces``: ``start()`` runs the first (NumPyro's ``MCMC.run``: the warmup, or
+    from a restored state), each later piece runs on from the last state in one compiled loop
+    (``_transitions``). After each piece, the last one too, the fit so far goes to
+    ``on_checkpoint``. ``timing["mcmc_s"]``: all pieces, including the sampler's compilation."""
     chains, depth = sampler["chains"], sampler["max_tree_depth"]
-    so_far, mcmc_s = None, 0.0
+    so_far, mcmc_s, run, bar = None, 0.0, None, None
     for k, n in enumerate(pieces):
         t0 = time.perf_counter()
         if k == 0:
             start()
+            flat, sample_stats, state = _collect(mcmc, chains, depth)
         else:
-            mcmc.num_samples = n
-            mcmc.post_warmup_state = mcmc.last_state
-            mcmc.run(mcmc.last_state.rng_key, extra_fields=_EXTRA_FIELDS)
-        flat, sample_stats, state = _collect(mcmc, chains, depth)
+            if run is None:
+                run = _transitions(mcmc.sampler, chains, mcmc.chain_method)
+                bar = tqdm.tqdm(total=sum(pieces[1:]), desc="sample (pieces)") if mcmc.progress_bar else None
+            state, (z, *fields) = run(state, n)
+            flat = np.asarray(z)
+            sample_stats = _sample_stats(dict(zip(_EXTRA_FIELDS, fields)), depth)
         mcmc_s += time.perf_counter() - t0
         key = key_pp if k == 0 else jax.random.fold_in(key_pp, k)  # the replicates' key of each piece
         piece = _result(posterior, population, d, flat, sample_stats, state, key, dict(sampler, draws=n),
                         dict(timing, mcmc_s=mcmc_s), notes, laplace, posterior_predictive, t_start)
         so_far = piece if so_far is None else _concatenate_draws(so_far, piece)
+        if bar is not None:
+            bar.update(n)
         if on_checkpoint is not None:
             on_checkpoint(so_far)
+    if bar is not None:
+        bar.close()
     return so_far
 
 
@@ -625,6 +644,43 @@ def _collect(mcmc, chains, max_tree_depth):
         flat = flat[None]
     sample_stats = _sample_stats(mcmc.get_extra_fields(group_by_chain=True), max_tree_depth)
     return flat, sample_stats, mcmc.last_state
+
+
+def _transitions(kernel, chains: int, chain_method: str):
+    """``run(state, n) -> (state, (z, *extra fields))``: ``n`` NUTS transitions of each chain
+    from ``state`` (NumPyro's ``MCMC.last_state``), values ``[chain, draw, ...]``. The kernel's own
+    transition in one compiled scan per length, so the draws are those of one ``MCMC.run``, which
+    without a progress bar, or with vectorised or parallel chains, compiles its loop anew on every
+    call (``fit``'s ``checkpoint_every``)."""
+    paths = [f.split(".") for f in _EXTRA_FIELDS]
+
+    def field(s, path):
+        for attr in path:
+            s = getattr(s, attr)
+        return s
+
+    def step(s, _):
+        s = kernel.sample(s, (), {})
+        return s, (s.z, *(field(s, path) for path in paths))
+
+    def scan(state, n):  # [draw, ...]; one chain, or vectorised chains (the kernel batches them)
+        return jax.lax.scan(step, state, None, length=n)
+
+    if chain_method == "vectorized" and chains > 1:
+        def vectorised(state, n):
+            state, values = scan(state, n)
+            return state, jax.tree.map(lambda v: jnp.swapaxes(v, 0, 1), values)
+
+        return jax.jit(vectorised, static_argnums=1)
+    if chains == 1:
+        def single(state, n):
+            state, values = scan(state, n)
+            return state, jax.tree.map(lambda v: v[None], values)
+
+        return jax.jit(single, static_argnums=1)
+    if chain_method == "parallel":  # a device per chain, as NumPyro's run; the jit inside gives its bits
+        return jax.pmap(jax.jit(scan, static_argnums=1), static_broadcasted_argnums=1)
+    return jax.jit(lambda state, n: jax.lax.map(lambda c: scan(c, n), state), static_argnums=1)  # sequential
 
 
 def _result(posterior, population, d, flat, sample_stats, state, key_pp, sampler, timing, notes, laplace,
@@ -736,18 +792,17 @@ def continue_fit(
     matrix, chains, chain method: "parallel" when JAX sees a device per chain, else vectorised)
     are the previous fit's. ``devices``, ``checkpoint_every``, ``on_checkpoint``: as in ``fit``
     (the subjects may be split over other devices than before; each checkpoint gets the earlier
-    draws and the new ones so far). ``metadata["continued"]`` lists each continuation (draws, time, package versions);
-    ``metadata["sampler"]["draws"]`` is the total.
+    draws and the new ones so far). ``metadata["continued"]`` lists each continuation (draws,
+    time, package versions); ``metadata["sampler"]["draws"]`` is the total.
     """
     if not isinstance(previous, Fit):
         raise TypeError(f"continue_fit(previous=...): received {type(previous).__name__}; expected a Fit.")
-    if not (isinstance(draws, int | np.integer) and not isinstance(draws, bool) and draws >= 1):
-        raise ValueError(f"continue_fit(draws={draws!r}): expected an integer >= 1 (the draws to add per chain).")
+    _check_integer("continue_fit", "draws", draws, 1, " (the draws to add per chain)")
     if not isinstance(population, PopulationModel):
         raise TypeError(f"continue_fit(population=...): received {type(population).__name__}; expected a "
                         "PopulationModel.")
-    _check_checkpoint(checkpoint_every, on_checkpoint)
-    sampler = json.loads(json.dumps(previous.metadata["sampler"]))
+    _check_checkpoint("continue_fit", checkpoint_every, on_checkpoint)
+    sampler = previous.metadata["sampler"]
     if sampler.get("method") != "nuts" or "sampler_state" not in previous.tree.children:
         raise ValueError(
             f"continue_fit: the previous fit (method={sampler.get('method')!r}) has no stored NUTS state; expected "
@@ -767,20 +822,9 @@ def continue_fit(
             "the model the fit was made with."
         )
     chains = int(sampler["chains"])
-    mesh = None
-    if devices is not None:
-        if not isinstance(devices, list | tuple):
-            raise TypeError(f"continue_fit(devices=...): received {type(devices).__name__}; expected a list of "
-                            "JAX devices, e.g. jax.devices().")
-        mesh = subject_mesh(devices)
-        check_divisible(d.events.n_subjects, mesh)
+    mesh = _mesh("continue_fit", devices, d.events.n_subjects)
     posterior = FlatPosterior(population, d.events, d.covariate_names, mesh)
-    kernel = NUTS(
-        potential_fn=posterior.potential,
-        target_accept_prob=sampler["target_accept"],
-        max_tree_depth=sampler["max_tree_depth"],
-        dense_mass=sampler["dense_mass"],
-    )
+    kernel = _nuts_kernel(posterior, sampler)
     # the fit's own way of running chains where it still can (the same compiled program, so the
     # same draws to the last bit); "parallel" needs as many devices as chains, else vectorised
     chain_method = sampler.get("chain_method", "vectorized")
@@ -826,15 +870,8 @@ def _concatenate_draws(previous: Fit, new: Fit, timing: bool = True) -> Fit:
     """``previous`` with ``new``'s draws after its own (same chains); the sampler state is
     ``new``'s. ``timing``: ``new``'s timings are those of both (pieces of one run), else
     ``previous``'s are kept."""
-    tree = previous.tree.copy()
-    for group in ("posterior", "sample_stats", "log_likelihood", "posterior_predictive"):
-        if group not in tree.children:
-            continue
-        if group not in new.tree.children:
-            del tree[group]  # e.g. posterior_predictive=False now: a group must cover every draw
-            continue
-        merged = xr.concat([previous.tree[group].to_dataset(), new.tree[group].to_dataset()], dim="draw")
-        tree[group] = xr.DataTree(dataset=merged.assign_coords(draw=np.arange(merged.sizes["draw"])))
+    # a group one of them lacks (e.g. posterior_predictive=False now) is dropped: it must cover every draw
+    tree = concatenate_groups([previous, new], "draw", DRAW_GROUPS)
     tree["sampler_state"] = new.tree["sampler_state"]
     metadata = json.loads(json.dumps(previous.metadata))
     metadata["sampler"]["draws"] = int(tree["posterior"].sizes["draw"])

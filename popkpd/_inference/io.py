@@ -398,6 +398,25 @@ def load_fit(path) -> Fit:
     return Fit(tree, json.loads(tree.attrs["popkpd"]))
 
 
+DRAW_GROUPS = ("posterior", "sample_stats", "log_likelihood", "posterior_predictive")
+"""The groups with a value per chain and draw."""
+
+
+def concatenate_groups(fits, dim: str, groups) -> xr.DataTree:
+    """The first fit's tree with each of ``groups`` concatenated over the fits along ``dim``
+    (``"chain"`` or ``"draw"``, renumbered from 0); a group that any fit lacks is dropped."""
+    tree = fits[0].tree.copy()
+    for group in groups:
+        if group not in tree.children:
+            continue
+        if not all(group in f.tree.children for f in fits):
+            del tree[group]
+            continue
+        merged = xr.concat([f.tree[group].to_dataset() for f in fits], dim=dim)
+        tree[group] = xr.DataTree(dataset=merged.assign_coords({dim: np.arange(merged.sizes[dim])}))
+    return tree
+
+
 def merge_chains(fits) -> Fit:
     """One ``Fit`` holding the chains of several NUTS fits of the same model to the same data.
 
@@ -441,16 +460,8 @@ def merge_chains(fits) -> Fit:
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"merge_chains: received seeds {seeds}; expected a different seed per fit (identical "
                          "seeds give identical chains).")
-    tree = fits[0].tree.copy()
-    for group in ("posterior", "sample_stats", "log_likelihood", "posterior_predictive", "sampler_state"):
-        if group not in tree.children:
-            continue
-        if not all(group in f.tree.children for f in fits):  # e.g. a fit made before sampler_state was stored
-            del tree[group]
-            continue
-        parts = [f.tree[group].to_dataset() for f in fits]
-        merged = xr.concat(parts, dim="chain")
-        tree[group] = xr.DataTree(dataset=merged.assign_coords(chain=np.arange(merged.sizes["chain"])))
+    # a group one fit lacks is dropped, e.g. sampler_state of a fit made before it was stored
+    tree = concatenate_groups(fits, "chain", DRAW_GROUPS + ("sampler_state",))
     metadata = json.loads(json.dumps(first))
     metadata["sampler"]["chains"] = int(sum(f.metadata["sampler"]["chains"] for f in fits))
     metadata["sampler"]["seed"] = seeds
