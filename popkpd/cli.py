@@ -33,7 +33,10 @@ def _fit_from_config(config_path, overrides: dict, out_dir=None, report: bool = 
     print(f"  model {type(cfg.population.structural).__name__}, prediction {cfg.population.method}; "
           f"sampler {options}", flush=True)
 
+    saved = []  # the fit the last checkpoint saved
+
     def save(result):
+        saved[:] = [result]
         result.metadata["config"] = cfg.text
         result.metadata["config_path"] = str(cfg.path)
         result.metadata["rows_removed_by_query"] = cfg.rows_removed
@@ -44,7 +47,7 @@ def _fit_from_config(config_path, overrides: dict, out_dir=None, report: bool = 
         options["on_checkpoint"] = save
     t = time.perf_counter()
     result = _continue(cfg, options, out) if resume else popkpd.fit(cfg.population, cfg.dataset, **options)
-    path = save(result)
+    path = out / "fit.nc" if saved and saved[0] is result else save(result)  # once: the last checkpoint's
     print(f"  done in {time.perf_counter() - t:.1f} s; saved {path}", flush=True)
     print(result.convergence(), flush=True)
     if report:

@@ -519,6 +519,7 @@ def test_checkpoints_hold_the_draws_so_far_and_a_stopped_run_goes_on(chains, cha
     resumed = popkpd.continue_fit(saved[1], pm, events, draws=16, checkpoint_every=10, on_checkpoint=saved.append,
                                   progress_bar=False)
     assert [f.metadata["sampler"]["draws"] for f in saved[5:]] == [24, 30]
+    assert pieces is saved[4] and resumed is saved[-1]  # the last checkpoint's fit, not built again
     for result in (pieces, saved[4], resumed, saved[-1]):
         for group in ("posterior", "sample_stats", "log_likelihood"):
             for name, value in whole.tree[group].data_vars.items():

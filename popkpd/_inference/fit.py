@@ -856,9 +856,15 @@ def continue_fit(
         out.tree.attrs["popkpd"] = json.dumps(out.metadata)
         return out
 
-    checkpoint = None if on_checkpoint is None else (lambda added: on_checkpoint(whole(added)))
-    return whole(_sample(mcmc, start, pieces, posterior, population, d, key_pp, sampler, {}, [], None,
-                         posterior_predictive, t_start, checkpoint))
+    last = []  # the draws added at the last checkpoint and the whole fit handed over
+
+    def checkpoint(added: Fit):
+        last[:] = [added, whole(added)]
+        on_checkpoint(last[1])
+
+    added = _sample(mcmc, start, pieces, posterior, population, d, key_pp, sampler, {}, [], None,
+                    posterior_predictive, t_start, None if on_checkpoint is None else checkpoint)
+    return last[1] if last and last[0] is added else whole(added)  # the last checkpoint's, not built again
 
 
 def _position_leaf(group) -> str:
