@@ -396,6 +396,30 @@ def test_continue_takes_a_saved_fit_of_the_same_config_but_its_draws(tmp_path, m
         mv._saved_for_continuing(config, path)
 
 
+def test_so_far_merges_the_saved_chains_cut_to_the_shortest(tmp_path):
+    """``--so-far``: the chains a running run has saved so far (checkpoints of unequal lengths),
+    each cut to the shortest and merged; a chain saved by another config is refused."""
+    from .test_inference import line_problem
+
+    pm, events, _, _ = line_problem()
+    config = mv.load_config(None)
+    (tmp_path / "chains").mkdir()
+    saved = []
+    for k, draws in enumerate((30, 20)):
+        fit = mv.popkpd.fit(pm, events, chains=1, warmup=50, draws=draws, init="prior_median", seed=k,
+                            progress_bar=False)
+        mv._save_piece(fit, config, tmp_path / "chains" / f"chain_{k}.nc")
+        saved.append(fit.tree["posterior"]["a_pop"].values[0])
+    merged, cut = mv.saved_so_far(config, tmp_path)
+    assert cut["fit"]["draws"] == 20 and config["fit"]["draws"] == mv.DEFAULTS["fit"]["draws"]
+    np.testing.assert_array_equal(merged.tree["posterior"]["a_pop"].values, np.stack([saved[0][:20], saved[1]]))
+    assert merged.tree["sample_stats"].sizes["draw"] == 20 and "sampler_state" not in merged.tree.children
+    other = mv.load_config(None)
+    other["fit"]["warmup"] += 100
+    with pytest.raises(ValueError, match="--so-far: .*chain_0.nc was made with another config"):
+        mv.saved_so_far(other, tmp_path)
+
+
 def test_data_cut_keeps_doses_and_fitted_outputs_up_to_the_cut():
     frame = pd.DataFrame({"ID": [1] * 6, "TIME": [0.0, 0.0, 7.0, 56.0, 56.5, 60.0], "EVID": [0, 1, 1, 0, 0, 1],
                           "DVID": [2, 0, 0, 3, 5, 0]})

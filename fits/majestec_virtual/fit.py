@@ -4,6 +4,7 @@
     python fits/majestec_virtual/fit.py --out DIR --reuse-fit          # analyse DIR/fit.nc again
     python fits/majestec_virtual/fit.py --out DIR --pool RUN1 RUN2 ... # runs with other [fit] seeds as one
     python fits/majestec_virtual/fit.py --config C --out DIR --continue  # run DIR's saved chains on to C's draws
+    python fits/majestec_virtual/fit.py --config C --out DIR --so-far    # analyse a running run's draws so far
 
 Steps (README.md in this folder states the decisions and the measured results):
 
@@ -77,6 +78,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 HERE = Path(__file__).resolve().parent
 REPOSITORY = HERE.parent.parent
@@ -85,6 +87,7 @@ if str(REPOSITORY) not in sys.path:
 
 import popkpd  # noqa: E402
 from models import teclistamab, virtual_populations  # noqa: E402
+from popkpd._inference.io import DRAW_GROUPS  # noqa: E402
 from popkpd._response import category_index  # noqa: E402
 from popkpd._trial import simulate_trial  # noqa: E402
 from popkpd._trial.summary import responses  # noqa: E402
@@ -462,10 +465,11 @@ def _save_piece(fit, config: dict, path: Path):
     fit.save(path)
 
 
-def _saved_for_continuing(config: dict, path: Path):
-    """The fit saved in ``path`` by an earlier run of ``config`` (up to ``[fit] draws``), for ``--continue``."""
+def _saved_for_continuing(config: dict, path: Path, where: str = "--continue"):
+    """The fit saved in ``path`` by an earlier run of ``config`` (up to ``[fit] draws``), for ``--continue``
+    (or ``--so-far``: ``where``)."""
     if not path.is_file():
-        raise FileNotFoundError(f"--continue: no saved fit {path}; expected the output folder of an earlier run of "
+        raise FileNotFoundError(f"{where}: no saved fit {path}; expected the output folder of an earlier run of "
                                 "this config (run without --continue to start one).")
     fit = popkpd.load_fit(path)
     made = fit.metadata.get("majestec_virtual", {}).get("config")
@@ -476,13 +480,38 @@ def _saved_for_continuing(config: dict, path: Path):
         return c
 
     if made is None or comparable(made) != comparable(config):
-        raise ValueError(f"--continue: {path} was made with another config; expected the run's config with only "
+        raise ValueError(f"{where}: {path} was made with another config; expected the run's config with only "
                          "[fit] draws (or checkpoint, processes) changed.")
     if int(fit.metadata["sampler"]["draws"]) > int(config["fit"]["draws"]):
-        raise ValueError(f"--continue: {path} already has {fit.metadata['sampler']['draws']} draws per chain, more "
+        raise ValueError(f"{where}: {path} already has {fit.metadata['sampler']['draws']} draws per chain, more "
                          f"than [fit] draws = {config['fit']['draws']}; expected draws >= the run's (the total "
                          "per chain to reach).")
     return fit
+
+
+def saved_so_far(config: dict, run_dir: Path):
+    """The draws a running (or stopped) run of ``config`` in ``run_dir`` has saved so far (its
+    checkpoints: ``chains/chain_K.nc``, or ``fit.nc``), each chain cut to the shortest one's
+    draws and merged, for ``--so-far``. Returns ``(fit, config)``, ``config`` with ``[fit] draws``
+    those draws per chain."""
+    files = sorted((run_dir / "chains").glob("chain_*.nc")) or [run_dir / "fit.nc"]
+    fits = [_saved_for_continuing(config, f, "--so-far") for f in files]
+    n = min(int(f.metadata["sampler"]["draws"]) for f in fits)
+    cut = []
+    for fit in fits:
+        tree = fit.tree.copy()
+        for group in DRAW_GROUPS:
+            if group in tree.children:
+                tree[group] = xr.DataTree(dataset=tree[group].to_dataset().isel(draw=slice(0, n)))
+        if "sampler_state" in tree.children:
+            del tree["sampler_state"]  # the state after the chain's last draw, not after draw n
+        metadata = json.loads(json.dumps(fit.metadata))
+        metadata["sampler"]["draws"] = n
+        tree.attrs["popkpd"] = json.dumps(metadata)
+        cut.append(popkpd.Fit(tree, metadata))
+    config = json.loads(json.dumps(config))
+    config["fit"]["draws"] = n
+    return (popkpd.merge_chains(cut) if len(cut) > 1 else cut[0]), config
 
 
 def fit_chain(config: dict, out: Path, k: int, *, resume: bool = False) -> Path:
@@ -746,14 +775,16 @@ def _markdown(frame: pd.DataFrame, digits: int = 3) -> str:
 
 
 def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = False,
-        pool: list[Path] | None = None, resume: bool = False) -> dict:
+        pool: list[Path] | None = None, resume: bool = False, so_far: Path | None = None) -> dict:
     """Steps 1-5 of the module docstring into ``out``; returns the tables and timings.
     ``reuse_fit``: take the fit from ``out/fit.nc`` (written by an earlier run with the same
     config) instead of fitting again. ``pool``: the chains of these earlier runs of the config with
     other seeds, merged (``pooled_fit``), instead of fitting again. ``resume``: run the chains
     saved in ``out`` by an earlier run of the config on to ``[fit] draws`` (``fit_and_save``;
     the config may differ from that run's only in ``[fit] draws``, ``checkpoint`` and ``processes``,
-    and the chains are found where that run ran them: ``out/chains`` or ``out/fit.nc``)."""
+    and the chains are found where that run ran them: ``out/chains`` or ``out/fit.nc``). ``so_far``:
+    the output folder of a running (or stopped) run of the config, whose draws saved so far are
+    analysed instead of fitting (``saved_so_far``; ``out`` must be another folder)."""
     out.mkdir(parents=True, exist_ok=True)
     timing = {}
     t0 = time.perf_counter()
@@ -771,13 +802,17 @@ def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = Fa
 
     pop, dataset, frame = fitted_data(config, out / "trial.csv")
     n_obs = int((frame.EVID == 0).sum())
-    step(f"{'continuing' if resume else 'fitting'} ({fc['method']}, {fc['chains']} chains x ({fc['warmup']} + "
+    verb = "continuing" if resume else "fitting" if so_far is None else "reading the run's draws so far"
+    step(f"{verb} ({fc['method']}, {fc['chains']} chains x ({fc['warmup']} + "
          f"{fc['draws']})) to {n_obs} observations up to day {dc['until']:g}")
     t1 = time.perf_counter()
     pooled_from = [str(p) for p in pool or []]
     if pool:
         fit, config = pooled_fit(config, pool)
         step(f"pooled {config['fit']['chains']} chains of the runs with seeds {config['fit']['seed']}")
+    elif so_far is not None:
+        fit, config = saved_so_far(config, so_far)
+        step(f"the draws {so_far} has saved so far: {config['fit']['draws']} per chain")
     elif reuse_fit:
         fit = popkpd.load_fit(out / "fit.nc")
         if _results_config(fit.metadata.get("majestec_virtual", {}).get("config")) != _results_config(config):
@@ -792,7 +827,8 @@ def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = Fa
     timing["fit_s"] = time.perf_counter() - t1
     fit.metadata["majestec_virtual"] = {"config": config, "trial_seed": int(tc["seed"]),
                                         "script": "fits/majestec_virtual/fit.py",
-                                        "pooled_from": pooled_from}
+                                        "pooled_from": pooled_from,
+                                        "so_far_of": None if so_far is None else str(so_far)}
     fit.tree.attrs["popkpd"] = json.dumps(fit.metadata)  # saved with the fit
     fit.save(out / "fit.nc")
     step(f"fit saved ({timing['fit_s']:.0f} s); writing the diagnostics report")
@@ -830,7 +866,7 @@ def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = Fa
     summary = {"timing_s": timing, "fit_timing_s": fit.metadata.get("timing_s", {}),
                "n_patients": trial.n, "n_observations": n_obs, "responders": int(label.sum()),
                "classification": classification, "convergence": str(conv), "config": config,
-               "pooled_from": pooled_from}
+               "pooled_from": pooled_from, "so_far_of": None if so_far is None else str(so_far)}
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
     (out / "summary.md").write_text(_summary_markdown(summary, pop_table, ind_table, design))
     step(f"done; {out / 'summary.md'}")
@@ -861,7 +897,9 @@ def _summary_markdown(summary, pop_table, ind_table, design) -> str:
            if c["fit"]["without_iiv"] else "")
         + (f" The chains of {len(summary['pooled_from'])} runs pooled (`--pool`, their fit seeds above): "
            + ", ".join(summary["pooled_from"]) + "; the fit time below is the pooling's, the runs' own in their "
-           "summaries." if summary.get("pooled_from") else ""),
+           "summaries." if summary.get("pooled_from") else "")
+        + (f" The draws saved so far by the unfinished run in {summary['so_far_of']} (`--so-far`), each chain cut "
+           "to the shortest one's; the fit time below is the merging's." if summary.get("so_far_of") else ""),
         "",
         f"Times (s): trial {t['trial_s']:.0f}, fit {t['fit_s']:.0f} (of which "
         + ", ".join(f"{k} {max(v) if isinstance(v, list) else v:.0f}" for k, v in summary["fit_timing_s"].items()) + f"), report {t['report_s']:.0f}, "
@@ -896,14 +934,20 @@ def main(argv=None) -> int:
     parser.add_argument("--continue", dest="resume", action="store_true",
                         help="run the chains saved in OUT (a stopped run, or one to run longer) on to the config's "
                              "[fit] draws, without a new warmup")
+    parser.add_argument("--so-far", action="store_true",
+                        help="analyse the draws a running (or stopped) run in OUT has saved so far, into OUT/so_far "
+                             "(the run's config; its chains cut to the shortest)")
     parser.add_argument("--chain", type=int, default=None, help="internal: run one chain (see fit_chain)")
     args = parser.parse_args(argv)
     if args.chain is not None:
         fit_chain(json.loads((args.out / "config_used.json").read_text()), args.out, args.chain, resume=args.resume)
         return 0
-    if sum([bool(args.pool), args.reuse_fit, args.resume]) > 1:
-        parser.error("--pool, --reuse-fit and --continue: give one (--pool and --reuse-fit analyse saved chains "
-                     "again, --continue runs them on).")
+    if sum([bool(args.pool), args.reuse_fit, args.resume, args.so_far]) > 1:
+        parser.error("--pool, --reuse-fit, --continue and --so-far: give one (--pool and --reuse-fit analyse saved "
+                     "chains again, --continue runs them on, --so-far analyses a running run's draws so far).")
+    if args.so_far:
+        run(load_config(args.config), args.out / "so_far", so_far=args.out)
+        return 0
     run(load_config(args.config), args.out, reuse_fit=args.reuse_fit, pool=args.pool, resume=args.resume)
     return 0
 
