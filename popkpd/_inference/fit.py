@@ -44,9 +44,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
-import tqdm
 import scipy.optimize
 import scipy.stats
+import tqdm
 import xarray as xr
 from jax.experimental import multihost_utils
 from jax.flatten_util import ravel_pytree
