@@ -420,6 +420,43 @@ def test_so_far_merges_the_saved_chains_cut_to_the_shortest(tmp_path):
         mv.saved_so_far(other, tmp_path)
 
 
+def test_convergence_by_draws_takes_each_chains_first_n_draws():
+    """Two chains that disagree over their first 100 draws only (chain 1 of ``a`` shifted by 1.5 sd,
+    chain 0 of one element of ``b`` by 5): R-hat is large over the first 200 draws and near 1 over
+    all 2,000 (the shifted draws' share is 5 %); divergences are counted per chain up to n."""
+    import xarray as xr
+
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(2, 2000)), rng.normal(size=(2, 2000, 3))
+    a[1, :100] += 1.5
+    b[0, :100, 2] += 5.0
+    diverging = np.zeros((2, 2000), bool)
+    diverging[0, [5, 150, 1999]] = diverging[1, 300] = True
+    tree = xr.DataTree.from_dict({
+        "posterior": xr.Dataset({"a": (("chain", "draw"), a), "b": (("chain", "draw", "i"), b),
+                                 "c": (("chain", "draw"), rng.normal(size=(2, 2000)))}),
+        "sample_stats": xr.Dataset({"diverging": (("chain", "draw"), diverging)})})
+    table = mv.convergence_by_draws(tree, ["a", "b"])
+    assert table["draws"].tolist() == list(range(200, 2001, 200))
+    first, last = table.iloc[0], table.iloc[-1]
+    assert first["worst R-hat site"] == "b" and first["max R-hat"] > 1.4 and first["sites above 1.1"] == 2
+    assert last["max R-hat"] < 1.05 and last["sites above 1.1"] == 0
+    assert table["divergences per chain"].tolist()[:2] == ["2 / 0", "2 / 1"] and last["divergences per chain"] == "3 / 1"
+    full = mv.popkpd._inference.check_convergence(tree, ["a", "b"], loo=False).table
+    assert last["max R-hat"] == full.r_hat.max() and last["min bulk ESS"] == full.ess_bulk.min()
+    assert last["median R-hat"] == full.r_hat.median() and last["slowest site"] == full.ess_bulk.idxmin()
+    short = mv.convergence_by_draws(tree.isel(draw=slice(0, 60)), ["a"])
+    assert short["draws"].tolist() == [60] and short["divergences per chain"].tolist() == ["1 / 0"]
+    config = mv.load_config(None)
+    summary = {"config": config, "n_patients": 24, "n_observations": 576, "responders": 11, "classification": {},
+               "convergence": "", "pooled_from": [], "fit_timing_s": {}, "convergence_by_draws": table.to_dict("records"),
+               "timing_s": {"trial_s": 1.0, "fit_s": 2.0, "report_s": 3.0, "analysis_s": 4.0, "total_s": 10.0}}
+    empty = pd.DataFrame({"parameter": []})
+    text = mv._summary_markdown(summary, empty, empty, mv.trial_design(config["trial"]))
+    section = text.split("## Convergence over the chains' first n draws (population sites)")[1].split("##")[0]
+    assert section.count("\n| ") == 1 + 10 and "| 2000 | " in section and "| 3 / 1 |" in section
+
+
 def test_data_cut_keeps_doses_and_fitted_outputs_up_to_the_cut():
     frame = pd.DataFrame({"ID": [1] * 6, "TIME": [0.0, 0.0, 7.0, 56.0, 56.5, 60.0], "EVID": [0, 1, 1, 0, 0, 1],
                           "DVID": [2, 0, 0, 3, 5, 0]})

@@ -32,7 +32,8 @@ Steps (README.md in this folder states the decisions and the measured results):
    (the measured baseline; lower predicts response), with the measured baseline marrow E:T alone
    (``T_MARROW_MEASURED / BURDEN``; higher predicts response) and with the week-8 M-protein ratio alone;
    the truth is the trial's response from its noise-free M-protein (``classification.csv``).
-5. ``summary.md``: all of the above with the run times; ``recovery.png``: true vs estimated s0,
+5. ``summary.md``: all of the above with the run times, and R-hat and bulk ESS over the chains'
+   first n draws (``convergence_by_draws``: still converging, or stuck); ``recovery.png``: true vs estimated s0,
    E:T and k_exh per patient, and the ROC curves.
 
 **The identifiable configuration** (science.md §2.1; ``population()``): teclistamab PK (L0,
@@ -87,6 +88,7 @@ if str(REPOSITORY) not in sys.path:
 
 import popkpd  # noqa: E402
 from models import teclistamab, virtual_populations  # noqa: E402
+from popkpd._inference import check_convergence  # noqa: E402
 from popkpd._inference.io import DRAW_GROUPS  # noqa: E402
 from popkpd._response import category_index  # noqa: E402
 from popkpd._trial import simulate_trial  # noqa: E402
@@ -761,6 +763,28 @@ def observed_at(frame: pd.DataFrame, dvid: int, time: float, ids) -> np.ndarray:
 # the run
 
 
+def convergence_by_draws(tree, sites) -> pd.DataFrame:
+    """R-hat and bulk ESS of the population ``sites`` over the chains' first n draws, n in about
+    ten equal steps up to all of them (one row, all the draws, for fewer than 100): falling R-hat
+    and growing ESS say the chains are still converging, and how fast; flat ones, that they are
+    stuck. The last row is the convergence table's (``check_convergence`` on every draw)."""
+    posterior, stats = tree["posterior"].to_dataset()[sites], tree["sample_stats"].to_dataset()
+    draws = posterior.sizes["draw"]
+    step = -(-draws // 10)
+    step = -(-step // 100) * 100 if draws >= 1000 else step
+    rows = []
+    for n in ([*range(step, draws, step)] if draws >= 100 else []) + [draws]:
+        cut = xr.DataTree.from_dict({"posterior": posterior.isel(draw=slice(0, n)),
+                                     "sample_stats": stats.isel(draw=slice(0, n))})
+        table = check_convergence(cut, sites, loo=False).table
+        divergent = stats["diverging"].isel(draw=slice(0, n)).sum("draw").values
+        rows.append({"draws": n, "max R-hat": table.r_hat.max(), "worst R-hat site": table.r_hat.idxmax(),
+                     "median R-hat": table.r_hat.median(), "sites above 1.1": int((table.r_hat > 1.1).sum()),
+                     "min bulk ESS": table.ess_bulk.min(), "slowest site": table.ess_bulk.idxmin(),
+                     "divergences per chain": " / ".join(str(int(d)) for d in divergent)})
+    return pd.DataFrame(rows)
+
+
 def _markdown(frame: pd.DataFrame, digits: int = 3) -> str:
     def cell(v):
         if isinstance(v, (bool, np.bool_)):
@@ -863,9 +887,13 @@ def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = Fa
                                                                                       index=False)
 
     conv = fit.convergence(pop.population_sites(), loo=False)
+    sites = [v for v in pop.population_sites() if v in fit.tree["posterior"].data_vars]
+    mcmc = "sample_stats" in fit.tree.children and "diverging" in fit.tree["sample_stats"]
+    by_draws = convergence_by_draws(fit.tree, sites) if mcmc else None
     summary = {"timing_s": timing, "fit_timing_s": fit.metadata.get("timing_s", {}),
                "n_patients": trial.n, "n_observations": n_obs, "responders": int(label.sum()),
                "classification": classification, "convergence": str(conv), "config": config,
+               "convergence_by_draws": None if by_draws is None else by_draws.to_dict("records"),
                "pooled_from": pooled_from, "so_far_of": None if so_far is None else str(so_far)}
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
     (out / "summary.md").write_text(_summary_markdown(summary, pop_table, ind_table, design))
@@ -906,6 +934,10 @@ def _summary_markdown(summary, pop_table, ind_table, design) -> str:
         f"recovery and classification {t['analysis_s']:.0f}, total {t['total_s']:.0f}.",
         "",
         "## Convergence (population sites)", "", "```", summary["convergence"], "```", "",
+        *(["## Convergence over the chains' first n draws (population sites)", "",
+           "R-hat falling and bulk ESS growing with n: the chains are still converging; flat: they are stuck "
+           "(the last row is the table above).", "",
+           _markdown(pd.DataFrame(summary["convergence_by_draws"])), ""] if summary.get("convergence_by_draws") else []),
         "## Population parameters: posterior median, 90 % interval, the trial's value", "",
         _markdown(pop_table), "",
         "## Patient-level parameters against each patient's true value", "",
