@@ -886,8 +886,8 @@ def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = Fa
                   "et_measured": et_measured, "m_protein_ratio_week8": week8}).to_csv(out / "classification.csv",
                                                                                       index=False)
 
-    conv = fit.convergence(pop.population_sites(), loo=False)
-    sites = [v for v in pop.population_sites() if v in fit.tree["posterior"].data_vars]
+    sites = pop.population_sites()
+    conv = fit.convergence(sites, loo=False)
     mcmc = "sample_stats" in fit.tree.children and "diverging" in fit.tree["sample_stats"]
     by_draws = convergence_by_draws(fit.tree, sites) if mcmc else None
     summary = {"timing_s": timing, "fit_timing_s": fit.metadata.get("timing_s", {}),
