@@ -56,6 +56,7 @@ from ._inference import (
     fit as fit,
     load_fit as load_fit,
     merge_chains as merge_chains,
+    sampler_geometry as sampler_geometry,
 )
 from ._ode.analytic import closed_form as closed_form
 from ._response import RESPONSE_CATEGORIES as RESPONSE_CATEGORIES, Response as Response, imwg_response as imwg_response

@@ -10,7 +10,7 @@ PUBLIC = {
     "closed_form", "fit", "load_dataset", "load_fit", "plot_eta_covariates", "plot_gof", "plot_individual_fits",
     "plot_npde", "plot_trace", "plot_vpc", "predictions", "read_nonmem", "shrinkage", "expected_shrinkage", "simulate",
     "stack_events",
-    "vpc", "write_report", "imwg_response", "Response", "RESPONSE_CATEGORIES", "merge_chains", "continue_fit",
+    "vpc", "write_report", "imwg_response", "Response", "RESPONSE_CATEGORIES", "merge_chains", "continue_fit", "sampler_geometry",
     "TrialDesign", "VirtualPopulation", "Constraint", "EvaluationSettings", "Patient", "RegimenGrid", "condition_on_data",
     "evaluate_regimens", "fit_draws", "prior_draws", "refine_regimen", "search_regimens", "sample_population", "simulate_trial", "summarise_trial",
 }

@@ -145,6 +145,7 @@ class FlatPosterior:
         jax.make_jaxpr(record_sites)()  # abstract evaluation: site names and supports, no compilation
         z0 = jax.jit(lambda: {n: biject_to(supports[n]).inv(jnp.asarray(init[n])) for n in supports})()
         self.x0, self.unravel = ravel_pytree(z0)
+        self.supports = supports  # {site: support}: the sampled sites, constrained
         self.init_values = init
         self.compiled = {}  # jitted functions of the posterior kept for reuse (``_draws`` per batch size)
 

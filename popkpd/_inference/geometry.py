@@ -1,0 +1,171 @@
+"""Why NUTS is slow on a posterior: its adapted metric against the posterior's spread, and the
+local curvature against that spread (``sampler_geometry``).
+
+NUTS moves in the sampler's unconstrained coordinates ``x`` (``FlatPosterior``), preconditioned by
+the inverse mass matrix ``M`` (the metric) it adapted in warmup. Its step is set by the narrowest
+direction of the posterior measured in the metric, and a trajectory must be long enough to cross
+the widest, so the cost of an independent draw grows with the ratio of the two. Two ratios say
+which part limits a run:
+
+- ``metric``: posterior sd over metric sd along each direction, the square roots of the
+  eigenvalues of ``L^-1 S L^-T`` (``M = L L^T``, ``S`` the covariance of the draws of all chains in
+  ``x``). All near 1: the metric fits the posterior. Large ones: directions the warmup did not
+  explore (the trajectories, capped at the maximum tree depth, then random-walk along them).
+- ``curvature``: posterior sd over local sd at a draw, the square roots of the eigenvalues of
+  ``C^T H C`` (``S = C C^T``, ``H`` the Hessian of the negative log density at the draw, by central
+  differences of its gradient). Large ones, or negative eigenvalues (the density is not log-concave
+  there, e.g. a banana-shaped ridge), are curvature no constant metric removes: they call for a
+  reparameterisation.
+
+Each ratio comes with its leading directions in the model's sites (``eta_kmax[ID 12]``: subject 12's
+random effect), the loadings of the direction ``L v`` (``C v``) scaled to a largest of 1.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from jax.flatten_util import ravel_pytree
+from numpyro.distributions.transforms import biject_to
+
+from .fit import FlatPosterior, _Data
+from .io import Fit
+
+
+def sampler_geometry(fit: Fit, population, data, *, covariate_names=None, curvature_draws: int = 0,
+                     top: int = 4, step: float = 1e-4) -> dict:
+    """The metric and curvature ratios of a NUTS ``fit`` (module doc).
+
+    Parameters
+    ----------
+    fit
+        A NUTS fit with its ``sampler_state`` (fits made, continued or merged by ``merge_chains``
+        since 24 Nov 2026); each chain's metric is compared with the draws of all its chains.
+    population, data
+        The fit's model and data (as for ``continue_fit``).
+    curvature_draws
+        Draws per chain (evenly spaced, the last one included) at which the curvature is computed;
+        each costs two gradient evaluations per coordinate. 0: the metric ratios only.
+    top
+        Directions reported per row, and coordinates per direction.
+    step
+        Central-difference step of the gradient, in units of the posterior sd.
+
+    Returns
+    -------
+    dict
+        ``"metric"``: one row per chain (``chain``, ``min``, ``median``, ``max`` of the ratios,
+        ``directions``: the ``top`` largest as ``ratio: coordinate loading, ...``);
+        ``"curvature"``: one row per draw (``chain``, ``draw``, ``max``, ``negative`` eigenvalues,
+        ``directions``); ``"coordinates"``: the names of the sampler's coordinates.
+    """
+    if "sampler_state" not in fit.tree.children:
+        raise ValueError(
+            "sampler_geometry: the fit has no sampler_state group (a Laplace fit, a NUTS fit saved before 24 Nov "
+            "2026, or draws merged from a running fit's chain files); expected a NUTS fit as fit(), continue_fit() "
+            "or merge_chains() returned it."
+        )
+    d = _Data(data, covariate_names)
+    posterior = FlatPosterior(population, d.events, d.covariate_names)
+    names = coordinate_names(posterior, d.ids)
+    x = flat_draws(fit, posterior)  # [chain, draw, dim]
+    if x.shape[0] * x.shape[1] <= x.shape[-1]:
+        raise ValueError(f"sampler_geometry: {x.shape[0]} chain(s) x {x.shape[1]} draws for {x.shape[-1]} coordinates; "
+                         "expected more draws than coordinates, for their covariance. Draw more (continue_fit).")
+    cov = np.atleast_2d(np.cov(x.reshape(-1, x.shape[-1]).T))
+    metric = []
+    for chain, inverse_mass in enumerate(_metrics(fit.tree["sampler_state"], x.shape[-1])):
+        ratios, directions = scale_ratios(cov, inverse_mass)
+        metric.append(_row(chain, None, ratios, directions, names, top))
+    out = {"metric": pd.DataFrame(metric).drop(columns=["draw", "negative"]), "coordinates": names}
+    curvature = []
+    if curvature_draws:
+        chol = np.linalg.cholesky(cov)
+        grad = jax.jit(jax.grad(posterior.potential))
+        for chain in range(x.shape[0]):
+            for draw in np.unique(np.linspace(x.shape[1] - 1, 0, curvature_draws).round().astype(int))[::-1]:
+                ratios, directions = curvature_ratios(grad, x[chain, draw], chol, step)
+                curvature.append(_row(chain, int(draw), ratios, directions, names, top))
+    out["curvature"] = pd.DataFrame(curvature, columns=["chain", "draw", "min", "median", "max", "negative",
+                                                        "directions"])
+    return out
+
+
+def coordinate_names(posterior: FlatPosterior, ids) -> list[str]:
+    """A name per coordinate of the sampler's vector: the site, with ``[ID i]`` for a subject's
+    entry of a per-subject site and ``[k]`` for other vector sites."""
+    names = []
+    for site, value in sorted(posterior.unravel(posterior.x0).items()):
+        shape = np.shape(value)
+        if not shape:
+            names.append(site)
+        elif shape == (len(ids),):
+            names += [f"{site}[ID {i}]" for i in ids]
+        else:
+            names += [f"{site}[{k}]" for k in range(int(np.prod(shape)))]
+    return names
+
+
+def flat_draws(fit: Fit, posterior: FlatPosterior) -> np.ndarray:
+    """The fit's draws in the sampler's unconstrained coordinates, ``[chain, draw, dim]``: each
+    sampled site's constrained draws through the inverse of its support's bijection, raveled as
+    ``FlatPosterior`` ravels them."""
+    post = fit.tree["posterior"]
+    sites = posterior.unravel(posterior.x0)
+    missing = sorted(set(sites) - set(post.data_vars))
+    if missing:
+        raise ValueError(f"sampler_geometry: the fit's posterior has no {missing}; expected the draws of the model "
+                         "given (the same sites).")
+    z = {s: biject_to(posterior.supports[s]).inv(jnp.asarray(post[s].values)) for s in sites}
+    lead = post[next(iter(sites))].shape[:2]
+    z = {s: v.reshape(lead + np.shape(sites[s])) for s, v in z.items()}
+    ravel = jax.vmap(jax.vmap(lambda values: ravel_pytree(values)[0]))
+    return np.asarray(ravel(z))
+
+
+def _metrics(state, dim: int) -> list[np.ndarray]:
+    """Each chain's adapted inverse mass matrix from the stored sampler state, ``[dim, dim]``."""
+    paths = json.loads(state.attrs["paths"])
+    values = state[f"leaf_{paths.index('.adapt_state.inverse_mass_matrix')}"].values
+    out = [np.diag(v) if v.ndim == 1 else v for v in values]
+    if out[0].shape != (dim, dim):
+        raise ValueError(f"sampler_geometry: the stored metric is {out[0].shape}, the model has {dim} coordinates; "
+                         "expected the fit's own model and data.")
+    return out
+
+
+def scale_ratios(cov: np.ndarray, inverse_mass: np.ndarray):
+    """``(ratios, directions)``: the square roots of the eigenvalues of ``L^-1 cov L^-T``
+    (``inverse_mass = L L^T``), ascending, and the directions ``L v`` as columns."""
+    chol = np.linalg.cholesky(inverse_mass)
+    whitened = np.linalg.solve(chol, np.linalg.solve(chol, cov).T)
+    lam, v = np.linalg.eigh((whitened + whitened.T) / 2)
+    return np.sqrt(np.clip(lam, 0, None)), chol @ v
+
+
+def curvature_ratios(grad, x: np.ndarray, chol: np.ndarray, step: float = 1e-4):
+    """``(ratios, directions)``: for ``H`` the Hessian of the function whose gradient is ``grad``
+    at ``x``, the signed square roots of the eigenvalues of ``C^T H C`` (``chol = C``), ascending
+    (negative: negative curvature), and the directions ``C v`` as columns. ``H C`` by central
+    differences of ``grad`` along ``C``'s columns, ``step`` apart."""
+    columns = []
+    for c in chol.T:
+        up, down = (np.asarray(grad(jnp.asarray(x + sign * step * c))) for sign in (1.0, -1.0))
+        columns.append((up - down) / (2 * step))
+    a = chol.T @ np.stack(columns, axis=1)
+    lam, v = np.linalg.eigh((a + a.T) / 2)
+    return np.sign(lam) * np.sqrt(np.abs(lam)), chol @ v
+
+
+def _row(chain, draw, ratios, directions, names, top) -> dict:
+    parts = []
+    for j in range(len(ratios) - 1, max(len(ratios) - 1 - top, -1), -1):
+        w = directions[:, j] / np.abs(directions[:, j]).max()
+        lead = np.argsort(-np.abs(w))[:top]
+        parts.append(f"{ratios[j]:.3g}: " + ", ".join(f"{names[k]} {w[k]:+.2f}" for k in lead))
+    return {"chain": chain, "draw": draw, "min": float(ratios[0]), "median": float(np.median(ratios)),
+            "max": float(ratios[-1]), "negative": int(np.sum(ratios < 0)), "directions": "; ".join(parts)}
