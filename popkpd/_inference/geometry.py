@@ -60,8 +60,9 @@ def sampler_geometry(fit: Fit, population, data, *, covariate_names=None, curvat
     dict
         ``"metric"``: one row per chain (``chain``, ``min``, ``median``, ``max`` of the ratios,
         ``directions``: the ``top`` largest as ``ratio: coordinate loading, ...``);
-        ``"curvature"``: one row per draw (``chain``, ``draw``, ``max``, ``negative`` eigenvalues,
-        ``directions``); ``"coordinates"``: the names of the sampler's coordinates.
+        ``"curvature"``: one row per draw (``chain``, ``draw``, ``min``, ``median``, ``max`` of the
+        signed ratios, ``negative``: how many are negative, ``directions``); ``"coordinates"``: the
+        names of the sampler's coordinates.
     """
     if "sampler_state" not in fit.tree.children:
         raise ValueError(
