@@ -64,10 +64,14 @@ def test_curvature_ratios_of_quadratics():
 
 def test_sampler_geometry_report(fits):
     data, by_mass = fits
-    for f in by_mass.values():
+    for dense, f in by_mass.items():
         g = popkpd.sampler_geometry(f, population(), data, curvature_draws=2, top=2)
         assert list(g["metric"]["chain"]) == [0, 1] and list(g["curvature"]["draw"]) == [39, 0, 39, 0]
-        for table in (g["metric"], g["curvature"]):
+        metric = g["metric"]
+        np.testing.assert_allclose(metric["condition"], metric["max"] / metric["min"], rtol=1e-12)
+        if not dense:  # a diagonal metric is its own diagonal
+            np.testing.assert_allclose(metric["condition_diagonal"], metric["condition"], rtol=1e-9)
+        for table in (metric, g["curvature"]):
             assert (table["min"] <= table["median"]).all() and (table["median"] <= table["max"]).all()
             assert table["directions"].str.count(";").eq(1).all()  # two directions per row
     laplace = popkpd.fit(population(), data, method="laplace", draws=20, posterior_predictive=False)

@@ -10,7 +10,9 @@ which part limits a run:
 - ``metric``: posterior sd over metric sd along each direction, the square roots of the
   eigenvalues of ``L^-1 S L^-T`` (``M = L L^T``, ``S`` the covariance of the draws of all chains in
   ``x``). All near 1: the metric fits the posterior. Large ones: directions the warmup did not
-  explore (the trajectories, capped at the maximum tree depth, then random-walk along them).
+  explore (the trajectories, capped at the maximum tree depth, then random-walk along them), or
+  a dense metric estimated from too few warmup draws for its dimension, whose smallest
+  eigenvalues come out far too small; then its diagonal alone fits better (``condition_diagonal``).
 - ``curvature``: posterior sd over local sd at a draw, the square roots of the eigenvalues of
   ``C^T H C`` (``S = C C^T``, ``H`` the Hessian of the negative log density at the draw, by central
   differences of its gradient). Large ones, or negative eigenvalues (the density is not log-concave
@@ -59,7 +61,10 @@ def sampler_geometry(fit: Fit, population, data, *, covariate_names=None, curvat
     -------
     dict
         ``"metric"``: one row per chain (``chain``, ``min``, ``median``, ``max`` of the ratios,
-        ``directions``: the ``top`` largest as ``ratio: coordinate loading, ...``);
+        ``condition``: max over min, the spread of scales a trajectory must cover,
+        ``condition_diagonal``: the same in the metric's diagonal alone, i.e. whether a diagonal
+        mass matrix would do better, ``directions``: the ``top`` largest as ``ratio: coordinate
+        loading, ...``);
         ``"curvature"``: one row per draw (``chain``, ``draw``, ``min``, ``median``, ``max`` of the
         signed ratios, ``negative``: how many are negative, ``directions``); ``"coordinates"``: the
         names of the sampler's coordinates.
@@ -81,8 +86,11 @@ def sampler_geometry(fit: Fit, population, data, *, covariate_names=None, curvat
     metric = []
     for chain, inverse_mass in enumerate(_metrics(fit.tree["sampler_state"], x.shape[-1])):
         ratios, directions = scale_ratios(cov, inverse_mass)
-        metric.append(_row(chain, None, ratios, directions, names, top))
-    out = {"metric": pd.DataFrame(metric).drop(columns=["draw", "negative"]), "coordinates": names}
+        diagonal = scale_ratios(cov, np.diag(np.diag(inverse_mass)))[0]
+        metric.append(_row(chain, None, ratios, directions, names, top)
+                      | {"condition": ratios[-1] / ratios[0], "condition_diagonal": diagonal[-1] / diagonal[0]})
+    columns = ["chain", "min", "median", "max", "condition", "condition_diagonal", "directions"]
+    out = {"metric": pd.DataFrame(metric, columns=columns), "coordinates": names}
     curvature = []
     if curvature_draws:
         chol = np.linalg.cholesky(cov)
