@@ -60,6 +60,9 @@ def test_curvature_ratios_of_quadratics():
     ratios, directions = curvature_ratios(saddle, np.zeros(2), np.eye(2))
     np.testing.assert_allclose(ratios, [-2.0, 1.0], rtol=1e-6)
     np.testing.assert_allclose(np.abs(directions[:, 0]), [0.0, 1.0], atol=1e-9)
+    log = jax.jit(jax.grad(lambda x: -jnp.sum(jnp.log(x))))  # not finite below 0
+    with pytest.raises(FloatingPointError, match=r"not finite .* in coordinates \[1\]"):
+        curvature_ratios(log, np.array([1.0, 0.0]), np.eye(2))
 
 
 def test_sampler_geometry_report(fits):
@@ -74,6 +77,9 @@ def test_sampler_geometry_report(fits):
         for table in (metric, g["curvature"]):
             assert (table["min"] <= table["median"]).all() and (table["median"] <= table["max"]).all()
             assert table["directions"].str.count(";").eq(1).all()  # two directions per row
+    for kwargs in ({"curvature_draws": -1}, {"top": 0}, {"step": 0.0}):
+        with pytest.raises(ValueError, match=f"sampler_geometry\\({next(iter(kwargs))}="):
+            popkpd.sampler_geometry(f, population(), data, **kwargs)
     laplace = popkpd.fit(population(), data, method="laplace", draws=20, posterior_predictive=False)
     with pytest.raises(ValueError, match="has no sampler_state group"):
         popkpd.sampler_geometry(laplace, population(), data)

@@ -69,6 +69,11 @@ def sampler_geometry(fit: Fit, population, data, *, covariate_names=None, curvat
         signed ratios, ``negative``: how many are negative, ``directions``); ``"coordinates"``: the
         names of the sampler's coordinates.
     """
+    for name, value, low in (("curvature_draws", curvature_draws, 0), ("top", top, 1)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+            raise ValueError(f"sampler_geometry({name}={value!r}): expected an integer >= {low}.")
+    if not (isinstance(step, int | float) and step > 0):
+        raise ValueError(f"sampler_geometry(step={step!r}): expected a positive number (in posterior sds), e.g. 1e-4.")
     if "sampler_state" not in fit.tree.children:
         raise ValueError(
             "sampler_geometry: the fit has no sampler_state group (a Laplace fit, a NUTS fit saved before 24 Nov "
@@ -97,7 +102,10 @@ def sampler_geometry(fit: Fit, population, data, *, covariate_names=None, curvat
         grad = jax.jit(jax.grad(posterior.potential))
         for chain in range(x.shape[0]):
             for draw in np.unique(np.linspace(x.shape[1] - 1, 0, curvature_draws).round().astype(int))[::-1]:
-                ratios, directions = curvature_ratios(grad, x[chain, draw], chol, step)
+                try:
+                    ratios, directions = curvature_ratios(grad, x[chain, draw], chol, step)
+                except FloatingPointError as e:
+                    raise FloatingPointError(f"sampler_geometry: chain {chain}, draw {draw}: {e}") from None
                 curvature.append(_row(chain, int(draw), ratios, directions, names, top))
     out["curvature"] = pd.DataFrame(curvature, columns=["chain", "draw", "min", "median", "max", "negative",
                                                         "directions"])
@@ -164,6 +172,11 @@ def curvature_ratios(grad, x: np.ndarray, chol: np.ndarray, step: float = 1e-4):
     columns = []
     for c in chol.T:
         up, down = (np.asarray(grad(jnp.asarray(x + sign * step * c))) for sign in (1.0, -1.0))
+        bad = np.nonzero(~(np.isfinite(up) & np.isfinite(down)))[0]
+        if bad.size:
+            raise FloatingPointError(f"the gradient is not finite within {step} posterior sd of the draw, in "
+                                     f"coordinates {bad[:10].tolist()}; expected a finite log density there (try a "
+                                     "smaller step).")
         columns.append((up - down) / (2 * step))
     a = chol.T @ np.stack(columns, axis=1)
     lam, v = np.linalg.eigh((a + a.T) / 2)
