@@ -19,6 +19,10 @@ which part limits a run:
   there, e.g. a banana-shaped ridge), are curvature no constant metric removes: they call for a
   reparameterisation.
 
+Both use the draws' covariance ``S``, whose own smallest eigenvalues are too small unless there are
+many more draws than coordinates (a few times as many effective draws): read the ratios of a
+short run with that in mind.
+
 Each ratio comes with its leading directions in the model's sites (``eta_kmax[ID 12]``: subject 12's
 random effect), the loadings of the direction ``L v`` (``C v``) scaled to a largest of 1.
 """
