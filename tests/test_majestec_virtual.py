@@ -315,6 +315,14 @@ def test_summary_names_what_the_fit_holds_fixed_or_without_iiv(fixed, without):
     assert (f"Held at their prior's centre ([fit] fixed): {', '.join(fixed)}." in first) == bool(fixed)
     assert (f"Estimated without IIV ([fit] without_iiv): {', '.join(without)}." in first) == bool(without)
     assert ("prior's centre" in first) == bool(fixed) and ("without IIV" in first) == bool(without)
+    design = mv.trial_design(config["trial"])
+    assert "metric against the posterior" not in mv._summary_markdown(summary, empty, empty, design)
+    summary["geometry"] = {"not_computed": "too few draws"}
+    assert "Not computed: too few draws" in mv._summary_markdown(summary, empty, empty, design)
+    summary["geometry"] = {"metric": [{"chain": 0, "min": 0.5, "median": 1.0, "max": 66.0, "condition": 132.0,
+                                       "condition_diagonal": 25.0, "directions": "66: eta_kmax[ID 3] +1.00"}]}
+    assert "| 0 | 0.5 | 1 | 66 | 132 | 25 | 66: eta_kmax[ID 3] +1.00 |" in mv._summary_markdown(summary, empty, empty,
+                                                                                                design)
 
 
 def test_runs_with_different_fit_seeds_share_no_chain():
@@ -398,7 +406,7 @@ def test_continue_takes_a_saved_fit_of_the_same_config_but_its_draws(tmp_path, m
 
 def test_so_far_merges_the_saved_chains_cut_to_the_shortest(tmp_path):
     """``--so-far``: the chains a running run has saved so far (checkpoints of unequal lengths),
-    each cut to the shortest and merged; a chain saved by another config is refused."""
+    each cut to the shortest and merged, their metrics kept; a chain saved by another config is refused."""
     from .test_inference import line_problem
 
     pm, events, _, _ = line_problem()
@@ -413,7 +421,16 @@ def test_so_far_merges_the_saved_chains_cut_to_the_shortest(tmp_path):
     merged, cut = mv.saved_so_far(config, tmp_path)
     assert cut["fit"]["draws"] == 20 and config["fit"]["draws"] == mv.DEFAULTS["fit"]["draws"]
     np.testing.assert_array_equal(merged.tree["posterior"]["a_pop"].values, np.stack([saved[0][:20], saved[1]]))
-    assert merged.tree["sample_stats"].sizes["draw"] == 20 and "sampler_state" not in merged.tree.children
+    assert merged.tree["sample_stats"].sizes["draw"] == 20
+    # the chains' metrics are kept for the geometry table; one cut draw each is too few for it
+    geometry = mv.metric_geometry(merged, pm, events)
+    assert [row["chain"] for row in geometry["metric"]] == [0, 1]
+    assert all(np.isfinite(row["condition"]) and row["condition"] >= 1 for row in geometry["metric"])
+    one = mv.saved_so_far(config, tmp_path)[0]
+    one.tree["posterior"] = one.tree["posterior"].to_dataset().isel(draw=slice(0, 1))
+    assert mv.metric_geometry(one, pm, events) == {
+        "not_computed": "sampler_geometry: 2 chain(s) x 1 draws for 2 coordinates; expected more draws than "
+                        "coordinates, for their covariance. Draw more (continue_fit)."}
     other = mv.load_config(None)
     other["fit"]["warmup"] += 100
     with pytest.raises(ValueError, match="--so-far: .*chain_0.nc was made with another config"):

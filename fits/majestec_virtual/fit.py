@@ -33,7 +33,8 @@ Steps (README.md in this folder states the decisions and the measured results):
    (``T_MARROW_MEASURED / BURDEN``; higher predicts response) and with the week-8 M-protein ratio alone;
    the truth is the trial's response from its noise-free M-protein (``classification.csv``).
 5. ``summary.md``: all of the above with the run times, and R-hat and bulk ESS over the chains'
-   first n draws (``convergence_by_draws``: still converging, or stuck); ``recovery.png``: true vs estimated s0,
+   first n draws (``convergence_by_draws``: still converging, or stuck), and each chain's adapted metric
+   against the posterior's spread (``metric_geometry``: why it mixes slowly); ``recovery.png``: true vs estimated s0,
    E:T and k_exh per patient, and the ROC curves.
 
 **The identifiable configuration** (science.md §2.1; ``population()``): teclistamab PK (L0,
@@ -495,7 +496,9 @@ def saved_so_far(config: dict, run_dir: Path):
     """The draws a running (or stopped) run of ``config`` in ``run_dir`` has saved so far (its
     checkpoints: ``chains/chain_K.nc``, or ``fit.nc``), each chain cut to the shortest one's
     draws and merged, for ``--so-far``. Returns ``(fit, config)``, ``config`` with ``[fit] draws``
-    those draws per chain."""
+    those draws per chain. The fit keeps each chain's ``sampler_state`` for its metric, fixed after
+    warmup (``metric_geometry``); the rest of that state is the one after the chain's last draw,
+    not after draw n, so ``run`` drops it before saving."""
     files = sorted((run_dir / "chains").glob("chain_*.nc")) or [run_dir / "fit.nc"]
     fits = [_saved_for_continuing(config, f, "--so-far") for f in files]
     n = min(int(f.metadata["sampler"]["draws"]) for f in fits)
@@ -505,8 +508,6 @@ def saved_so_far(config: dict, run_dir: Path):
         for group in DRAW_GROUPS:
             if group in tree.children:
                 tree[group] = xr.DataTree(dataset=tree[group].to_dataset().isel(draw=slice(0, n)))
-        if "sampler_state" in tree.children:
-            del tree["sampler_state"]  # the state after the chain's last draw, not after draw n
         metadata = json.loads(json.dumps(fit.metadata))
         metadata["sampler"]["draws"] = n
         tree.attrs["popkpd"] = json.dumps(metadata)
@@ -785,6 +786,17 @@ def convergence_by_draws(tree, sites) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def metric_geometry(fit, pop, dataset) -> dict:
+    """The adapted NUTS metric against the posterior's spread, per chain (``popkpd.sampler_geometry``
+    without the curvature): ``{"metric": [rows]}``, or ``{"not_computed": why}`` for a fit without a
+    sampler state (Laplace, pooled runs saved before it was stored) or with too few draws."""
+    try:
+        table = popkpd.sampler_geometry(fit, pop, dataset)["metric"]
+    except ValueError as e:
+        return {"not_computed": str(e)}
+    return {"metric": table.to_dict("records")}
+
+
 def _markdown(frame: pd.DataFrame, digits: int = 3) -> str:
     def cell(v):
         if isinstance(v, (bool, np.bool_)):
@@ -849,6 +861,9 @@ def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = Fa
     else:
         fit = _fit(config, pop, dataset)
     timing["fit_s"] = time.perf_counter() - t1
+    geometry = metric_geometry(fit, pop, dataset)
+    if so_far is not None and "sampler_state" in fit.tree.children:
+        del fit.tree["sampler_state"]  # the state after each chain's last draw, not after draw n: not to go on from
     fit.metadata["majestec_virtual"] = {"config": config, "trial_seed": int(tc["seed"]),
                                         "script": "fits/majestec_virtual/fit.py",
                                         "pooled_from": pooled_from,
@@ -894,6 +909,7 @@ def run(config: dict, out: Path, *, report_sims: int = 100, reuse_fit: bool = Fa
                "n_patients": trial.n, "n_observations": n_obs, "responders": int(label.sum()),
                "classification": classification, "convergence": str(conv), "config": config,
                "convergence_by_draws": None if by_draws is None else by_draws.to_dict("records"),
+               "geometry": geometry,
                "pooled_from": pooled_from, "so_far_of": None if so_far is None else str(so_far)}
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
     (out / "summary.md").write_text(_summary_markdown(summary, pop_table, ind_table, design))
@@ -938,6 +954,12 @@ def _summary_markdown(summary, pop_table, ind_table, design) -> str:
            "R-hat falling and bulk ESS growing with n: the chains are still converging; flat: they are stuck "
            "(the last row is the table above).", "",
            _markdown(pd.DataFrame(summary["convergence_by_draws"])), ""] if summary.get("convergence_by_draws") else []),
+        *(["## The sampler's metric against the posterior (popkpd.sampler_geometry)", "",
+           "Per chain, the posterior's sd over the adapted metric's along every direction: all near 1, the metric "
+           "fits the posterior; the condition (max over min) is the spread of scales a trajectory must cover, "
+           "`condition_diagonal` the same in the metric's diagonal alone (the repository README: \"Why a run mixes slowly\").", "",
+           _markdown(pd.DataFrame(summary["geometry"]["metric"])) if "metric" in summary.get("geometry", {})
+           else f"Not computed: {summary['geometry']['not_computed']}", ""] if summary.get("geometry") else []),
         "## Population parameters: posterior median, 90 % interval, the trial's value", "",
         _markdown(pop_table), "",
         "## Patient-level parameters against each patient's true value", "",
