@@ -42,11 +42,14 @@ SETTINGS = dict(max_tree_depth=3, target_accept=0.9, dense_mass=True)  # short t
 
 
 def _majestec(patients: int):
-    """The fitted population and data of fits/majestec_virtual's default config, ``patients`` patients."""
+    """The fitted population and data of fits/majestec_virtual's config until run 34 (the trial with all
+    its IIV, no exhaustion panel; the figures in RESULTS.md were taken on it), ``patients`` patients."""
     spec = importlib.util.spec_from_file_location("majestec_fit", ROOT / "fits" / "majestec_virtual" / "fit.py")
     mv = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mv)
     config = mv.load_config(None)
+    config["trial"].update(without_iiv=[], panel=[])
+    config["data"]["dvid"], config["fit"]["without_iiv"] = [1, 2, 3, 4], []
     trial = simulate_trial(mv.trial_design(config["trial"]), n=patients, seed=int(config["trial"]["seed"]))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trial.csv"

@@ -25,6 +25,15 @@ def _load(script=SCRIPT, name="majestec_virtual_fit"):
 
 mv = _load()
 
+FULL_TRIAL = '[trial]\nwithout_iiv = []\npanel = []\n[data]\ndvid = [1, 2, 3, 4]\n[fit]\nwithout_iiv = []\n'
+"""The trial with all its IIV and no exhaustion panel, fitted with cl2's IIV (the shipped config until run 34)."""
+
+
+def full_trial(tmp_path) -> Path:
+    path = tmp_path / "full_trial.toml"
+    path.write_text(FULL_TRIAL)
+    return path
+
 
 def test_shipped_config_is_the_documented_default():
     assert mv.load_config(SCRIPT.parent / "config.toml") == mv.DEFAULTS
@@ -83,7 +92,7 @@ def test_trial_without_iiv_keeps_the_patients(tmp_path):
     path = tmp_path / "well_specified.toml"
     path.write_text('[trial]\nwithout_iiv = ["chi", "k_rec"]\n')
     design = mv.trial_design(mv.load_config(path)["trial"])
-    shipped = mv.trial_design(mv.load_config(None)["trial"])
+    shipped = mv.trial_design(mv.load_config(full_trial(tmp_path))["trial"])
     assert shipped is mv.virtual_populations.DESIGNS["majestec1"]
     assert design.population.iiv["chi"] == 0.0 and design.population.iiv["kmax"] == shipped.population.iiv["kmax"]
     cov, eta = mv.popkpd.sample_population(design.population, 24, 11)
@@ -103,7 +112,7 @@ def test_trial_without_iiv_keeps_the_patients(tmp_path):
     ("[fit]\nchains = 0\n", r"\[fit\] chains = 0; expected a whole number from 1 to 1000"),
     ("[fit]\nchains = 2.5\n", r"\[fit\] chains = 2.5; expected a whole number"),
     ("[data]\ndvid = [1, 5]\n", r"dvid has \[5\]"),
-    ("[data]\ndvid = [1, 2, 3, 4, 6]\n", r"dvid has 6 .* that list is empty"),
+    ("[trial]\npanel = []\n[data]\ndvid = [1, 2, 3, 4, 6]\n", r"dvid has 6 .* that list is empty"),
     ("[trial]\npanel = [0, 28]\n", r"\[trial\] panel = \[0, 28\]; expected a list of days after the first dose"),
     ("[trial]\npanel = [28, 400]\n", r"panel = \[28, 400\]; .*before the horizon \(336\)"),
     ('[trial]\npanel = "28"\n', r"panel = '28'; expected a list"),
@@ -178,13 +187,13 @@ def _load_information():
     return _load(SCRIPT.parent / "information.py", "majestec_virtual_information")
 
 
-def test_information_takes_each_patients_true_random_effects_from_the_trial():
+def test_information_takes_each_patients_true_random_effects_from_the_trial(tmp_path):
     """information.py evaluates the design at the patients' true parameters: the fitted model's
     deviation of each patient is the trial's own log-scale eta (the fit's covariate effects are the
     trial's), for e0 the measurement error of T_MARROW_MEASURED, for s0 and m0 the patient's
     baseline over the fitted model's typical value."""
     info = _load_information()
-    config = mv.load_config(None)
+    config = mv.load_config(full_trial(tmp_path))
     config["trial"]["without_iiv"] = ["chi", "tau50_n", "k_rec"]
     design = mv.trial_design(config["trial"])
     trial = mv.simulate_trial(design, n=6, seed=11)
@@ -253,11 +262,11 @@ def test_an_exhaustion_panel_is_measured_and_fitted(tmp_path, capsys):
     ``[data] dvid`` the fit sees those up to the cut and estimates their residual sd, whose true
     value is the trial's; information.py's ``--panel`` makes that config."""
     path = tmp_path / "panel.toml"
-    path.write_text("[trial]\npanel = [7, 28, 84]\n[data]\ndvid = [1, 2, 3, 4, 6]\n")
-    config = mv.load_config(path)
+    path.write_text(FULL_TRIAL.replace("panel = []", "panel = [7, 28, 84]").replace("[1, 2, 3, 4]", "[1, 2, 3, 4, 6]"))
+    config, full = mv.load_config(path), mv.load_config(full_trial(tmp_path))
     design = mv.trial_design(config["trial"])
     trial = mv.simulate_trial(design, n=2, seed=11)
-    plain = mv.simulate_trial(mv.trial_design(mv.load_config(None)["trial"]), n=2, seed=11)
+    plain = mv.simulate_trial(mv.trial_design(full["trial"]), n=2, seed=11)
     rows = trial.dataset[trial.dataset.DVID == 6]
     assert sorted(set(rows.TIME)) == [7.0, 28.0, 84.0] and len(rows) == 6
     pd.testing.assert_frame_equal(trial.dataset[trial.dataset.DVID != 6].reset_index(drop=True), plain.dataset)
@@ -265,17 +274,19 @@ def test_an_exhaustion_panel_is_measured_and_fitted(tmp_path, capsys):
     dataset, frame = mv.cut_dataset(pop, trial.dataset, 56.0, config["data"]["dvid"])
     assert sorted(set(frame[frame.DVID == 6].TIME)) == [7.0, 28.0]
     assert "sigma_t_exhausted_fraction" in pop.population_sites()
-    assert "sigma_t_exhausted_fraction" not in mv.fitted_population(mv.load_config(None)).population_sites()
+    assert "sigma_t_exhausted_fraction" not in mv.fitted_population(full).population_sites()
     truth = mv.population_truth(design, config["data"]["marrow_t_cells"], config["data"]["dvid"])
     assert truth["sigma_t_exhausted_fraction"] == 0.3 and set(pop.population_sites()) <= set(truth)
     info = _load_information()
-    made = info.with_panel(mv.load_config(None), [84, 7, 28])
+    made = info.with_panel(full, [84, 7, 28])
     assert made["trial"]["panel"] == [7.0, 28.0, 84.0] and made["data"]["dvid"] == [1, 2, 3, 4, 6]
-    assert info.with_panel(mv.load_config(None), []) == mv.load_config(None)
+    assert info.with_panel(full, []) == full
+    shipped = info.with_panel(mv.load_config(None), [84])  # the shipped config has a panel on days 7, 28, 56
+    assert shipped["trial"]["panel"] == [7.0, 28.0, 56.0, 84.0] and shipped["data"]["dvid"] == [1, 2, 3, 4, 6]
     with pytest.raises(ValueError, match=r"--panel: \[trial\] panel = \[0.0\]; expected a list of days"):
-        info.with_panel(mv.load_config(None), [0])
+        info.with_panel(full, [0])
     with pytest.raises(SystemExit):  # the command line says the same, without a traceback
-        info.main(["--panel", "0", "--until", "28", "--out", str(tmp_path)])
+        info.main(["--config", str(full_trial(tmp_path)), "--panel", "0", "--until", "28", "--out", str(tmp_path)])
     assert "--panel: [trial] panel = [0.0]; expected a list of days" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         info.main(["--observed", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
@@ -285,18 +296,19 @@ def test_an_exhaustion_panel_is_measured_and_fitted(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_information_script_runs_and_more_data_shrink_less(tmp_path):
-    """The script end to end on the shipped config at two data cuts, without and with an
+    """The script end to end on the full trial (``FULL_TRIAL``) at two data cuts, without and with an
     exhaustion panel: more observations of the same patients (a later cut, a panel) never raise
     the expected shrinkage."""
     info = _load_information()
-    assert info.main(["--until", "28", "56", "--out", str(tmp_path)]) == 0
+    full = ["--config", str(full_trial(tmp_path))]
+    assert info.main(full + ["--until", "28", "56", "--out", str(tmp_path)]) == 0
     table = pd.read_csv(tmp_path / "expected_shrinkage.csv")
-    assert set(table.parameter) == set(mv.fitted_population(mv.load_config(None)).iiv_names)
+    assert set(table.parameter) == set(mv.fitted_population(mv.load_config(full_trial(tmp_path))).iiv_names)
     early, late = (table[table["until"] == u].set_index("parameter") for u in (28.0, 56.0))
     assert (late.observations > early.observations).all()
     assert (late.shrinkage <= early.shrinkage + 1e-9).all() and (late.shrinkage >= 0).all()
     assert (late.shrinkage_others_known <= late.shrinkage + 1e-9).all()
-    assert info.main(["--until", "56", "--panel", "28", "--out", str(tmp_path / "panel")]) == 0
+    assert info.main(full + ["--until", "56", "--panel", "28", "--out", str(tmp_path / "panel")]) == 0
     panel = pd.read_csv(tmp_path / "panel" / "expected_shrinkage.csv").set_index("parameter")
     assert (panel.observations == late.observations + 24).all()
     assert (panel.shrinkage <= late.shrinkage + 1e-9).all()
@@ -396,7 +408,7 @@ def test_continue_takes_a_saved_fit_of_the_same_config_but_its_draws(tmp_path, m
     config = mv.load_config(None)
     config["fit"].update(draws=1000, checkpoint=50, processes=False)
     assert mv._saved_for_continuing(config, path).metadata["sampler"]["draws"] == 400
-    config["fit"]["warmup"] = 1200
+    config["fit"]["warmup"] += 100
     with pytest.raises(ValueError, match="was made with another config; expected the run's config with only"):
         mv._saved_for_continuing(config, path)
     config["fit"].update(warmup=made["fit"]["warmup"], draws=300)

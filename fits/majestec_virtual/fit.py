@@ -47,7 +47,7 @@ paraprotein clearances"). Estimated, each with log-normal IIV (omega ~ HalfNorma
 ka, s0, m0, e0, kg, kmax, k_exh (non-centred, except those listed in ``[fit] centred``: s0 and
 m0 in the shipped config), unless ``[fit] fixed`` holds them at their prior's centre (the shipped
 config holds tau50_n; runs 1-6 held cl2); ``[fit] without_iiv`` drops the random effect of the
-parameters it lists; tau50_n typical value only; one residual sd per output (two for M-protein).
+parameters it lists (cl2 in the shipped config, whose trial has no cl2 IIV: ``[trial] without_iiv``); tau50_n typical value only; one residual sd per output (two for M-protein).
 Priors of typical values: LogNormal around the drug's ``TYPICAL`` (tau50_n around the value the
 trial calibration found, ``CALIBRATION``; s0 and m0 around the population medians 90 ng/mL and
 20 g/L) with the log-sds of ``ESTIMATED``; the config's ``[priors]`` overrides any of them
@@ -130,12 +130,13 @@ INDIVIDUAL = ("s0", "et", "k_exh", "e0", "m0", "kmax", "kg", "cl", "cl2", "vc", 
 those the fit gives one value for every patient (``[fit] fixed``, ``without_iiv``) are left out."""
 
 DEFAULTS = {
-    "trial": {"design": "majestec1", "patients": 24, "seed": 11, "without_iiv": [], "panel": []},
-    "data": {"until": WEEK_8, "dvid": [1, 2, 3, 4], "marrow_t_cells": 0.4},
-    "fit": {"method": "nuts", "chains": 2, "warmup": 800, "draws": 400, "max_tree_depth": 7,
-            "target_accept": 0.9, "seed": 0, "rtol": 1e-4, "atol": 1e-7, "max_steps": 4096, "processes": "auto",
-            "centred": ["s0", "m0"], "dense_mass": True, "init": "pathfinder", "fixed": ["tau50_n"],
-            "without_iiv": [], "iiv_shares": {}, "checkpoint": 100},
+    "trial": {"design": "majestec1", "patients": 24, "seed": 11, "without_iiv": ["chi", "tau50_n", "k_rec", "cl2"],
+              "panel": [7, 28, 56]},
+    "data": {"until": WEEK_8, "dvid": [1, 2, 3, 4, 6], "marrow_t_cells": 0.4},
+    "fit": {"method": "nuts", "chains": 2, "warmup": 1200, "draws": 2000, "max_tree_depth": 7,
+            "target_accept": 0.9, "seed": 3, "rtol": 1e-4, "atol": 1e-7, "max_steps": 4096, "processes": "auto",
+            "centred": ["s0", "m0"], "dense_mass": False, "init": "pathfinder", "fixed": ["tau50_n"],
+            "without_iiv": ["cl2"], "iiv_shares": {}, "checkpoint": 100},
     "priors": {},
     "classify": {"draws": 100},
 }

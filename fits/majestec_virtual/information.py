@@ -13,8 +13,8 @@ the other random effects known: where the two differ, the data move two effects 
 cannot tell them apart. ``--weekly m_protein t_cells`` asks the same of another sampling
 schedule: those outputs measured every 7 days from day 0 instead of the trial's schedule
 (``popkpd._trial.design.standard_sampling``: M-protein and sBCMA every 28 days, T cells at days 0,
-7, 28, 56 and 84), the rest unchanged. ``--panel 7 28 56`` adds a measurement the shipped trial does
-not have: the exhausted share of the marrow T cells (DVID 6, the model's ``t_exhausted_fraction``,
+7, 28, 56 and 84), the rest unchanged. ``--panel 7 28 56`` adds (to the config's ``[trial] panel``;
+the shipped config has these days since run 34) a measurement: the exhausted share of the marrow T cells (DVID 6, the model's ``t_exhausted_fraction``,
 what an on-treatment flow panel of exhaustion markers such as PD-1+TIM-3+ measures) on those days
 (the config's ``[trial] panel``, fitted). ``--observed`` puts a finished run's shrinkage
 (``popkpd.shrinkage`` of ``RUN_OUT/fit.nc``) beside the cut it was fitted at, with the Monte Carlo
@@ -33,9 +33,10 @@ Decisions: the patients' true parameters are those of the trial's own model; for
 the fitted model estimates they are mapped one to one (a patient's deviation = log of its true
 value over the fitted model's typical value at its covariates: for e0, the measurement error of
 ``T_MARROW_MEASURED``), the rest stay at the fitted model's fixed values. With the trial's IIV on
-chi, tau50_n and k_rec (the shipped config) the fitted model is not the trial's and the numbers
-are those of the fitted model at the patients' parameters; with ``[trial] without_iiv = ["chi",
-"tau50_n", "k_rec"]`` (run 26) it is the trial's. The sensitivities are taken at ODE tolerances
+chi, tau50_n and k_rec (the shipped config until run 34) the fitted model is not the trial's and the
+numbers are those of the fitted model at the patients' parameters; with ``[trial] without_iiv =
+["chi", "tau50_n", "k_rec"]`` (run 26; the shipped config also drops cl2's, which its fit does not
+estimate) it is the trial's. The sensitivities are taken at ODE tolerances
 1e-6 / 1e-9, not the fit's 1e-4 / 1e-7. Only the observation times count (not the noisy values),
 the censored ones left out.
 """
