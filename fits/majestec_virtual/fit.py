@@ -47,7 +47,8 @@ paraprotein clearances"). Estimated, each with log-normal IIV (omega ~ HalfNorma
 ka, s0, m0, e0, kg, kmax, k_exh (non-centred, except those listed in ``[fit] centred``: s0 and
 m0 in the shipped config), unless ``[fit] fixed`` holds them at their prior's centre (the shipped
 config holds tau50_n; runs 1-6 held cl2); ``[fit] without_iiv`` drops the random effect of the
-parameters it lists (cl2 in the shipped config, whose trial has no cl2 IIV: ``[trial] without_iiv``); tau50_n typical value only; one residual sd per output (two for M-protein).
+parameters it lists (cl2 in the shipped config, whose trial has no cl2 IIV: ``[trial]
+without_iiv``); tau50_n typical value only; one residual sd per output (two for M-protein).
 Priors of typical values: LogNormal around the drug's ``TYPICAL`` (tau50_n around the value the
 trial calibration found, ``CALIBRATION``; s0 and m0 around the population medians 90 ng/mL and
 20 g/L) with the log-sds of ``ESTIMATED``; the config's ``[priors]`` overrides any of them
@@ -958,7 +959,8 @@ def _summary_markdown(summary, pop_table, ind_table, design) -> str:
         *(["## The sampler's metric against the posterior (popkpd.sampler_geometry)", "",
            "Per chain, the posterior's sd over the adapted metric's along every direction: all near 1, the metric "
            "fits the posterior; the condition (max over min) is the spread of scales a trajectory must cover, "
-           "`condition_diagonal` the same in the metric's diagonal alone (the repository README: \"Why a run mixes slowly\").", "",
+           "`condition_diagonal` the same in the metric's diagonal alone (the repository README: \"Why a run "
+           "mixes slowly\").", "",
            _markdown(pd.DataFrame(summary["geometry"]["metric"])) if "metric" in summary.get("geometry", {})
            else f"Not computed: {summary['geometry']['not_computed']}", ""] if summary.get("geometry") else []),
         "## Population parameters: posterior median, 90 % interval, the trial's value", "",

@@ -13,10 +13,10 @@ the other random effects known: where the two differ, the data move two effects 
 cannot tell them apart. ``--weekly m_protein t_cells`` asks the same of another sampling
 schedule: those outputs measured every 7 days from day 0 instead of the trial's schedule
 (``popkpd._trial.design.standard_sampling``: M-protein and sBCMA every 28 days, T cells at days 0,
-7, 28, 56 and 84), the rest unchanged. ``--panel 7 28 56`` adds (to the config's ``[trial] panel``;
-the shipped config has these days since run 34) a measurement: the exhausted share of the marrow T cells (DVID 6, the model's ``t_exhausted_fraction``,
-what an on-treatment flow panel of exhaustion markers such as PD-1+TIM-3+ measures) on those days
-(the config's ``[trial] panel``, fitted). ``--observed`` puts a finished run's shrinkage
+7, 28, 56 and 84), the rest unchanged. ``--panel 7 28 56`` adds (to the config's ``[trial]
+panel``; the shipped config has these days since run 34) a measurement: the exhausted share of
+the marrow T cells (DVID 6, the model's ``t_exhausted_fraction``, what an on-treatment flow
+panel of exhaustion markers such as PD-1+TIM-3+ measures) on those days, fitted. ``--observed`` puts a finished run's shrinkage
 (``popkpd.shrinkage`` of ``RUN_OUT/fit.nc``) beside the cut it was fitted at, with the Monte Carlo
 error of its patients' posterior means (``ebe_mcse``): where that is not small, the chains'
 noise spreads the posterior means and the observed shrinkage is lower than the data's. Writes
