@@ -143,10 +143,10 @@ FIT_CHILD = textwrap.dedent("""
           for name, devices in (("two", jax.devices()), ("one", None))}
     out["continued"] = on
     # checkpoint pieces run on in one compiled scan: the same draws as one run, with parallel chains
-    # (a device per chain) and with the subjects split over the devices
+    # (a device per chain) and with the subjects split over the devices (whole: the fit above)
     same = {}
     for name, devices in (("parallel", None), ("sharded", jax.devices())):
-        whole = fit(population(), data, chains=2, warmup=20, draws=10, progress_bar=False, devices=devices)
+        whole = nuts if devices else fit(population(), data, chains=2, warmup=20, draws=10, progress_bar=False)
         pieces = fit(population(), data, chains=2, warmup=20, draws=10, progress_bar=False, devices=devices,
                      checkpoint_every=4, on_checkpoint=lambda f: None)
         same[name] = [whole.metadata["sampler"]["chain_method"],
