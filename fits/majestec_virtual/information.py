@@ -16,9 +16,9 @@ schedule: those outputs measured every 7 days from day 0 instead of the trial's 
 7, 28, 56 and 84), the rest unchanged. ``--panel 7 28 56`` adds (to the config's ``[trial]
 panel``; the shipped config has these days since run 34) a measurement: the exhausted share of
 the marrow T cells (DVID 6, the model's ``t_exhausted_fraction``, what an on-treatment flow
-panel of exhaustion markers such as PD-1+TIM-3+ measures) on those days, fitted. ``--observed`` puts a finished run's shrinkage
-(``popkpd.shrinkage`` of ``RUN_OUT/fit.nc``) beside the cut it was fitted at, with the Monte Carlo
-error of its patients' posterior means (``ebe_mcse``): where that is not small, the chains'
+panel of exhaustion markers such as PD-1+TIM-3+ measures) on those days, fitted. ``--observed``
+puts a finished run's shrinkage (``popkpd.shrinkage`` of ``RUN_OUT/fit.nc``) beside the cut it
+was fitted at, with the Monte Carlo error of its patients' posterior means (``ebe_mcse``): where that is not small, the chains'
 noise spreads the posterior means and the observed shrinkage is lower than the data's. Writes
 ``DIR/expected_shrinkage.csv`` (default ``outputs/``) and prints the tables.
 
