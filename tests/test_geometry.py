@@ -10,8 +10,11 @@ import pytest
 
 import popkpd
 from popkpd._inference.fit import FlatPosterior
-from popkpd._inference.geometry import coordinate_names, curvature_ratios, flat_draws, scale_ratios
-from tests.test_inference import line_problem, make_dataset, population
+from popkpd._events import pad_events
+from popkpd._inference.geometry import (coordinate_names, curvature_ratios, curvature_sources, flat_draws,
+                                         scale_ratios)
+from popkpd._statistical import Additive, Fixed, Normal, PopulationModel
+from tests.test_inference import Line, line, line_problem, make_dataset, population
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +103,38 @@ def test_curvature_of_a_gaussian_posterior_is_its_precision():
         np.testing.assert_allclose([row["min"], row["max"]], expected, rtol=1e-5)
     assert 0.7 < expected[0] and expected[1] < 1.4, expected  # 800 autocorrelated draws of 2 coordinates
     assert g["coordinates"] == ["a_pop", "b_pop"]
+    chol = np.linalg.cholesky(np.cov(draws.T))  # the stiffest direction, and the data's share of its curvature
+    precision = np.linalg.inv(cov)
+    d = chol @ np.linalg.eigh(chol.T @ precision @ chol)[1][:, -1]
+    prior = np.diag([1 / 2.0**2, 1 / 1.0**2])  # line_problem's priors
+    share = 1 - d @ prior @ d / (d @ precision @ d)
+    assert (g["curvature"]["sources"] == f"{share:.0%} data: ID 1 {share:.0%}; y {share:.0%}").all()
+
+
+def test_curvature_sources_of_a_line_fitted_to_two_subjects():
+    """y = a + b t observed in two subjects, Gaussian errors: along a direction ``d`` each
+    subject's data curve the negative log density by ``d^T X_s^T X_s d / sigma^2`` and the prior by
+    ``d^T diag(1 / s0^2) d``, exactly (a quadratic: its second differences are exact)."""
+    times = [np.array([0.0, 1.0, 2.0]), np.array([0.0, 4.0, 8.0, 12.0])]
+    none = dict(time=np.zeros(0), amt=np.zeros(0), cmt=np.zeros(0, int), rate=np.zeros(0), ss=np.zeros(0, int),
+                ii=np.zeros(0), reset=np.zeros(0, bool), row=np.zeros(0, int))
+    obs = [dict(time=t, dv=1.0 + 0.5 * t, output=np.zeros(t.size, int), cens=np.zeros(t.size, int),
+                limit=np.full(t.size, np.nan), row=np.arange(t.size)) for t in times]
+    events = pad_events([none, none], obs, [(np.zeros(1), np.zeros((1, 0)))] * 2, 0)
+    sigma, s0 = 0.4, np.array([2.0, 1.0])
+    pm = PopulationModel(Line(), {"a": Normal(0.0, s0[0]), "b": Normal(0.5, s0[1])}, Additive(Fixed(sigma)),
+                         method=line)
+    post = FlatPosterior(pm, events)
+    density = (jax.jit(post.potential),
+               jax.jit(lambda x: post.observe(post.constrain(x), jax.random.PRNGKey(0))[0]))
+    data = [np.stack([np.ones_like(t), t], axis=1) for t in times]
+    data = [x.T @ x / sigma**2 for x in data]
+    precision = np.diag(1 / s0**2) + sum(data)
+    for d in (np.array([0.0, 1.0]), np.array([1.0, -0.2])):
+        d = d / np.sqrt(d @ precision @ d)  # unit curvature along it, as sampler_geometry scales it
+        text = curvature_sources(density, np.array([0.3, 0.4]), d, events, np.array([7, 9]), ("y",), 2)
+        shares = [d @ p @ d for p in data]
+        order = np.argsort(shares)[::-1]
+        expected = (f"{sum(shares):.0%} data: " + ", ".join(f"ID {(7, 9)[i]} {shares[i]:.0%}" for i in order)
+                    + f"; y {sum(shares):.0%}")
+        assert text == expected

@@ -3,6 +3,7 @@ the recovery and classification report (checked against independent references);
 run on a tiny trial is ``slow``."""
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -335,6 +336,12 @@ def test_summary_names_what_the_fit_holds_fixed_or_without_iiv(fixed, without):
                                        "condition_diagonal": 25.0, "directions": "66: eta_kmax[ID 3] +1.00"}]}
     assert "| 0 | 0.5 | 1 | 66 | 132 | 25 | 66: eta_kmax[ID 3] +1.00 |" in mv._summary_markdown(summary, empty, empty,
                                                                                                 design)
+    assert "whose data curve" not in mv._summary_markdown(summary, empty, empty, design)
+    summary["geometry"]["curvature"] = [{"chain": 0, "draw": 9, "min": -0.5, "median": 1.0, "max": 109.0, "negative": 3,
+                                         "directions": "109: eta_kg[ID 3] +1.00",
+                                         "sources": "100% data: ID 3 87%; m_protein 95%"}]
+    assert ("| 0 | 9 | -0.5 | 1 | 109 | 3 | 109: eta_kg[ID 3] +1.00 | 100% data: ID 3 87%; m_protein 95% |"
+            in mv._summary_markdown(summary, empty, empty, design))
 
 
 def test_runs_with_different_fit_seeds_share_no_chain():
@@ -438,6 +445,10 @@ def test_so_far_merges_the_saved_chains_cut_to_the_shortest(tmp_path):
     geometry = mv.metric_geometry(merged, pm, events)
     assert [row["chain"] for row in geometry["metric"]] == [0, 1]
     assert all(np.isfinite(row["condition"]) and row["condition"] >= 1 for row in geometry["metric"])
+    assert [(row["chain"], row["draw"]) for row in geometry["curvature"]] == [(0, 19), (0, 0), (1, 19), (1, 0)]
+    for row in geometry["curvature"]:  # one subject, one output: all the data's share is theirs
+        share = re.fullmatch(r"(\d+)% data: ID 1 \1%; y \1%", row["sources"])
+        assert share and 90 <= int(share[1]) <= 100, row["sources"]  # line_problem: its data outweigh its priors
     one = mv.saved_so_far(config, tmp_path)[0]
     one.tree["posterior"] = one.tree["posterior"].to_dataset().isel(draw=slice(0, 1))
     assert mv.metric_geometry(one, pm, events) == {

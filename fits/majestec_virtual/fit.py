@@ -789,14 +789,16 @@ def convergence_by_draws(tree, sites) -> pd.DataFrame:
 
 
 def metric_geometry(fit, pop, dataset) -> dict:
-    """The adapted NUTS metric against the posterior's spread, per chain (``popkpd.sampler_geometry``
-    without the curvature): ``{"metric": [rows]}``, or ``{"not_computed": why}`` for a fit without a
-    sampler state (Laplace, pooled runs saved before it was stored) or with too few draws."""
+    """The adapted NUTS metric against the posterior's spread, per chain, and the local curvature
+    at each chain's first and last draw with whose data make its stiffest direction
+    (``popkpd.sampler_geometry``; two Hessians per chain, about 15-60 s each for the shipped config on
+    2 cores): ``{"metric": [rows], "curvature": [rows]}``, or ``{"not_computed": why}`` for a fit
+    without a sampler state (Laplace, pooled runs saved before it was stored) or with too few draws."""
     try:
-        table = popkpd.sampler_geometry(fit, pop, dataset)["metric"]
+        tables = popkpd.sampler_geometry(fit, pop, dataset, curvature_draws=2, top=3)
     except ValueError as e:
         return {"not_computed": str(e)}
-    return {"metric": table.to_dict("records")}
+    return {name: tables[name].to_dict("records") for name in ("metric", "curvature")}
 
 
 def _markdown(frame: pd.DataFrame, digits: int = 3) -> str:
@@ -962,7 +964,12 @@ def _summary_markdown(summary, pop_table, ind_table, design) -> str:
            "`condition_diagonal` the same in the metric's diagonal alone (the repository README: \"Why a run "
            "mixes slowly\").", "",
            _markdown(pd.DataFrame(summary["geometry"]["metric"])) if "metric" in summary.get("geometry", {})
-           else f"Not computed: {summary['geometry']['not_computed']}", ""] if summary.get("geometry") else []),
+           else f"Not computed: {summary['geometry']['not_computed']}", "",
+           *(["At each chain's first and last draw, the posterior's sd over the local sd (the Hessian's) along every "
+              "direction: NUTS's step must be below about 2 over the largest, or the trajectories diverge; "
+              "`sources`: whose data curve the stiffest direction (the subjects' and outputs' shares).", "",
+              _markdown(pd.DataFrame(summary["geometry"]["curvature"])), ""]
+             if summary.get("geometry", {}).get("curvature") else [])] if summary.get("geometry") else []),
         "## Population parameters: posterior median, 90 % interval, the trial's value", "",
         _markdown(pop_table), "",
         "## Patient-level parameters against each patient's true value", "",

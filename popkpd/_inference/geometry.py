@@ -24,7 +24,12 @@ many more draws than coordinates (a few times as many effective draws): read the
 short run with that in mind.
 
 Each ratio comes with its leading directions in the model's sites (``eta_kmax[ID 12]``: subject 12's
-random effect), the loadings of the direction ``L v`` (``C v``) scaled to a largest of 1.
+random effect), the loadings of the direction ``L v`` (``C v``) scaled to a largest of 1. For the
+largest curvature ratio at a draw, ``sources`` says whose data make it: the second difference of
+each observation's log-likelihood along that direction, summed by subject and by output, as shares
+of the whole density's (the rest is the prior's). A stiff direction that one subject's data pin
+points at that subject (e.g. a fast-growing tumour whose growth and kill rates the M-protein pins
+only as their difference), not at the sampler.
 """
 
 from __future__ import annotations
@@ -70,8 +75,9 @@ def sampler_geometry(fit: Fit, population, data, *, covariate_names=None, curvat
         mass matrix would do better, ``directions``: the ``top`` largest as ``ratio: coordinate
         loading, ...``);
         ``"curvature"``: one row per draw (``chain``, ``draw``, ``min``, ``median``, ``max`` of the
-        signed ratios, ``negative``: how many are negative, ``directions``); ``"coordinates"``: the
-        names of the sampler's coordinates.
+        signed ratios, ``negative``: how many are negative, ``directions``, ``sources``: the data's
+        share of the largest curvature and the ``top`` subjects' and outputs' shares, module doc);
+        ``"coordinates"``: the names of the sampler's coordinates.
     """
     for name, value, low in (("curvature_draws", curvature_draws, 0), ("top", top, 1)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
@@ -104,15 +110,20 @@ def sampler_geometry(fit: Fit, population, data, *, covariate_names=None, curvat
     if curvature_draws:
         chol = np.linalg.cholesky(cov)
         grad = jax.jit(jax.grad(posterior.potential))
+        density = (jax.jit(posterior.potential),
+                   jax.jit(lambda x: posterior.observe(posterior.constrain(x), jax.random.PRNGKey(0))[0]))
+        outputs = tuple(population.structural.outputs)
         for chain in range(x.shape[0]):
             for draw in np.unique(np.linspace(x.shape[1] - 1, 0, curvature_draws).round().astype(int))[::-1]:
                 try:
                     ratios, directions = curvature_ratios(grad, x[chain, draw], chol, step)
                 except FloatingPointError as e:
                     raise FloatingPointError(f"sampler_geometry: chain {chain}, draw {draw}: {e}") from None
-                curvature.append(_row(chain, int(draw), ratios, directions, names, top))
+                sources = curvature_sources(density, x[chain, draw], directions[:, -1] / max(ratios[-1], 1e-12),
+                                            d.events, d.ids, outputs, top)
+                curvature.append(_row(chain, int(draw), ratios, directions, names, top) | {"sources": sources})
     out["curvature"] = pd.DataFrame(curvature, columns=["chain", "draw", "min", "median", "max", "negative",
-                                                        "directions"])
+                                                        "directions", "sources"])
     return out
 
 
@@ -185,6 +196,30 @@ def curvature_ratios(grad, x: np.ndarray, chol: np.ndarray, step: float = 1e-4):
     a = chol.T @ np.stack(columns, axis=1)
     lam, v = np.linalg.eigh((a + a.T) / 2)
     return np.sign(lam) * np.sqrt(np.abs(lam)), chol @ v
+
+
+def curvature_sources(density, x: np.ndarray, direction: np.ndarray, events, ids, outputs, top: int) -> str:
+    """Whose data curve the negative log density along ``direction`` at ``x`` (module doc), as
+    ``"98% data: ID 3 87%, ID 24 6%; m_protein 95%, sbcma 4%"``. ``density``: the jitted potential
+    and pointwise log-likelihood ``[S, O]`` of ``x``; ``direction`` scaled so that the potential's
+    second difference over a unit step along it is about 1, the step (0.3) then small against the
+    direction's local sd and its change in log density (about 0.05) large against the ODE solver's
+    error. Shares are of the potential's second difference; single observations can curve it
+    negatively, so a share can exceed 100 %."""
+    potential, loglik = density
+    h = 0.3
+    points = [jnp.asarray(x + k * h * direction) for k in (1.0, 0.0, -1.0)]
+    total = sum(w * float(potential(p)) for w, p in zip((1.0, -2.0, 1.0), points)) / h**2
+    curve = -sum(w * np.asarray(loglik(p)) for w, p in zip((1.0, -2.0, 1.0), points)) / h**2
+    curve = np.where(np.asarray(events.obs_mask), curve, 0.0)
+    if not (np.isfinite(total) and np.isfinite(curve).all()) or total <= 0:
+        return f"not computed (second difference of the log density {total:.3g})"
+    by_subject = curve.sum(axis=1) / total
+    output = np.asarray(events.obs_output)
+    by_output = np.array([curve[output == k].sum() for k in range(len(outputs))]) / total
+    subjects = ", ".join(f"ID {ids[i]} {by_subject[i]:.0%}" for i in np.argsort(-by_subject)[:top])
+    shares = ", ".join(f"{outputs[k]} {by_output[k]:.0%}" for k in np.argsort(-by_output)[:top] if by_output[k])
+    return f"{curve.sum() / total:.0%} data: {subjects}; {shares}"
 
 
 def _row(chain, draw, ratios, directions, names, top) -> dict:
