@@ -80,7 +80,10 @@ def test_sampler_geometry_report(fits):
         for table in (metric, g["curvature"]):
             assert (table["min"] <= table["median"]).all() and (table["median"] <= table["max"]).all()
             assert table["directions"].str.count(";").eq(1).all()  # two directions per row
-    for kwargs in ({"curvature_draws": -1}, {"top": 0}, {"step": 0.0}):
+    g = popkpd.sampler_geometry(f, population(), data, curvature_draws=[(1, 5)], top=2)
+    assert list(zip(g["curvature"]["chain"], g["curvature"]["draw"])) == [(1, 5)]
+    for kwargs in ({"curvature_draws": -1}, {"curvature_draws": [(2, 0)]}, {"curvature_draws": [(0, 40)]},
+                   {"curvature_draws": 1.5}, {"curvature_draws": [(0, 2.5)]}, {"top": 0}, {"step": 0.0}):
         with pytest.raises(ValueError, match=f"sampler_geometry\\({next(iter(kwargs))}="):
             popkpd.sampler_geometry(f, population(), data, **kwargs)
     laplace = popkpd.fit(population(), data, method="laplace", draws=20, posterior_predictive=False)

@@ -790,12 +790,21 @@ def convergence_by_draws(tree, sites) -> pd.DataFrame:
 
 def metric_geometry(fit, pop, dataset) -> dict:
     """The adapted NUTS metric against the posterior's spread, per chain, and the local curvature
-    at each chain's first and last draw with whose data make its stiffest direction
-    (``popkpd.sampler_geometry``; two Hessians per chain, about 15-60 s each for the shipped config on
-    2 cores): ``{"metric": [rows], "curvature": [rows]}``, or ``{"not_computed": why}`` for a fit
+    with whose data make its stiffest direction (``popkpd.sampler_geometry``) at each chain's last
+    draw and, if the chain diverged, at the middle divergent draw of its 100 draws with the most
+    divergences (up to two Hessians per chain, about 15-60 s each for the shipped config on 2
+    cores): ``{"metric": [rows], "curvature": [rows]}``, or ``{"not_computed": why}`` for a fit
     without a sampler state (Laplace, pooled runs saved before it was stored) or with too few draws."""
+    at = []
+    for chain, diverging in enumerate(np.asarray(fit.tree["sample_stats"]["diverging"].values, dtype=bool)):
+        at.append((chain, diverging.size - 1))
+        if diverging.any():
+            width = min(100, diverging.size)
+            start = int(np.argmax(np.convolve(diverging, np.ones(width), "valid")))
+            hits = start + np.flatnonzero(diverging[start:start + width])
+            at.append((chain, int(hits[hits.size // 2])))
     try:
-        tables = popkpd.sampler_geometry(fit, pop, dataset, curvature_draws=2, top=3)
+        tables = popkpd.sampler_geometry(fit, pop, dataset, curvature_draws=at, top=3)
     except ValueError as e:
         return {"not_computed": str(e)}
     return {name: tables[name].to_dict("records") for name in ("metric", "curvature")}
@@ -965,9 +974,10 @@ def _summary_markdown(summary, pop_table, ind_table, design) -> str:
            "mixes slowly\").", "",
            _markdown(pd.DataFrame(summary["geometry"]["metric"])) if "metric" in summary.get("geometry", {})
            else f"Not computed: {summary['geometry']['not_computed']}", "",
-           *(["At each chain's first and last draw, the posterior's sd over the local sd (the Hessian's) along every "
-              "direction: NUTS's step must be below about 2 over the largest, or the trajectories diverge; "
-              "`sources`: whose data curve the stiffest direction (the subjects' and outputs' shares).", "",
+           *(["At each chain's last draw and at a divergent draw amid its most divergences (if any), the "
+              "posterior's sd over the local sd (the Hessian's) along every direction: NUTS's step must be below "
+              "about 2 over the largest, or the trajectories diverge; `sources`: whose data curve the stiffest "
+              "direction (the subjects' and outputs' shares).", "",
               _markdown(pd.DataFrame(summary["geometry"]["curvature"])), ""]
              if summary.get("geometry", {}).get("curvature") else [])] if summary.get("geometry") else []),
         "## Population parameters: posterior median, 90 % interval, the trial's value", "",

@@ -35,6 +35,8 @@ only as their difference), not at the sampler.
 from __future__ import annotations
 
 import json
+import operator
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -47,8 +49,8 @@ from .fit import FlatPosterior, _Data
 from .io import Fit
 
 
-def sampler_geometry(fit: Fit, population, data, *, covariate_names=None, curvature_draws: int = 0,
-                     top: int = 4, step: float = 1e-4) -> dict:
+def sampler_geometry(fit: Fit, population, data, *, covariate_names=None,
+                     curvature_draws: int | Sequence[tuple[int, int]] = 0, top: int = 4, step: float = 1e-4) -> dict:
     """The metric and curvature ratios of a NUTS ``fit`` (module doc).
 
     Parameters
@@ -59,8 +61,9 @@ def sampler_geometry(fit: Fit, population, data, *, covariate_names=None, curvat
     population, data
         The fit's model and data (as for ``continue_fit``).
     curvature_draws
-        Draws per chain (evenly spaced, the last one included) at which the curvature is computed;
-        each costs two gradient evaluations per coordinate. 0: the metric ratios only.
+        Draws per chain (evenly spaced, the last one included) at which the curvature is computed,
+        or the ``(chain, draw)`` pairs themselves (e.g. where the divergences are); each costs two
+        gradient evaluations per coordinate. 0 or no pairs: the metric ratios only.
     top
         Directions reported per row, and coordinates per direction.
     step
@@ -79,9 +82,8 @@ def sampler_geometry(fit: Fit, population, data, *, covariate_names=None, curvat
         share of the largest curvature and the ``top`` subjects' and outputs' shares, module doc);
         ``"coordinates"``: the names of the sampler's coordinates.
     """
-    for name, value, low in (("curvature_draws", curvature_draws, 0), ("top", top, 1)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-            raise ValueError(f"sampler_geometry({name}={value!r}): expected an integer >= {low}.")
+    if isinstance(top, bool) or not isinstance(top, int | np.integer) or top < 1:
+        raise ValueError(f"sampler_geometry(top={top!r}): expected an integer >= 1.")
     if not (isinstance(step, int | float) and step > 0):
         raise ValueError(f"sampler_geometry(step={step!r}): expected a positive number (in posterior sds), e.g. 1e-4.")
     if "sampler_state" not in fit.tree.children:
@@ -107,24 +109,42 @@ def sampler_geometry(fit: Fit, population, data, *, covariate_names=None, curvat
     columns = ["chain", "min", "median", "max", "condition", "condition_diagonal", "directions"]
     out = {"metric": pd.DataFrame(metric, columns=columns), "coordinates": names}
     curvature = []
-    if curvature_draws:
+    at = _curvature_at(curvature_draws, x.shape[:2])
+    if at:
         chol = np.linalg.cholesky(cov)
         grad = jax.jit(jax.grad(posterior.potential))
         density = (jax.jit(posterior.potential),
                    jax.jit(lambda x: posterior.observe(posterior.constrain(x), jax.random.PRNGKey(0))[0]))
         outputs = tuple(population.structural.outputs)
-        for chain in range(x.shape[0]):
-            for draw in np.unique(np.linspace(x.shape[1] - 1, 0, curvature_draws).round().astype(int))[::-1]:
-                try:
-                    ratios, directions = curvature_ratios(grad, x[chain, draw], chol, step)
-                except FloatingPointError as e:
-                    raise FloatingPointError(f"sampler_geometry: chain {chain}, draw {draw}: {e}") from None
-                sources = curvature_sources(density, x[chain, draw], directions[:, -1] / max(ratios[-1], 1e-12),
-                                            d.events, d.ids, outputs, top)
-                curvature.append(_row(chain, int(draw), ratios, directions, names, top) | {"sources": sources})
+        for chain, draw in at:
+            try:
+                ratios, directions = curvature_ratios(grad, x[chain, draw], chol, step)
+            except FloatingPointError as e:
+                raise FloatingPointError(f"sampler_geometry: chain {chain}, draw {draw}: {e}") from None
+            sources = curvature_sources(density, x[chain, draw], directions[:, -1] / max(ratios[-1], 1e-12),
+                                        d.events, d.ids, outputs, top)
+            curvature.append(_row(chain, draw, ratios, directions, names, top) | {"sources": sources})
     out["curvature"] = pd.DataFrame(curvature, columns=["chain", "draw", "min", "median", "max", "negative",
                                                         "directions", "sources"])
     return out
+
+
+def _curvature_at(value, shape) -> list[tuple[int, int]]:
+    """``sampler_geometry``'s ``curvature_draws`` as ``(chain, draw)`` pairs, checked against the
+    fit's ``shape`` (chains, draws)."""
+    chains, draws = shape
+    if isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 0:
+        steps = np.unique(np.linspace(draws - 1, 0, value).round().astype(int))[::-1] if value else []
+        return [(c, int(t)) for c in range(chains) for t in steps]
+    try:
+        pairs = [(operator.index(c), operator.index(t)) for c, t in value] if not isinstance(value, str) else None
+    except (TypeError, ValueError):
+        pairs = None
+    if pairs is None or any(not (0 <= c < chains and 0 <= t < draws) for c, t in pairs):
+        raise ValueError(f"sampler_geometry(curvature_draws={value!r}): expected an integer >= 0 (draws per chain) "
+                         f"or (chain, draw) pairs within the fit's {chains} chain(s) x {draws} draws, e.g. [(0, "
+                         f"{draws - 1})].")
+    return pairs
 
 
 def coordinate_names(posterior: FlatPosterior, ids) -> list[str]:
