@@ -458,6 +458,8 @@ def test_so_far_merges_the_saved_chains_cut_to_the_shortest(tmp_path):
     assert mv.metric_geometry(one, pm, events) == {
         "not_computed": "sampler_geometry: 2 chain(s) x 1 draws for 2 coordinates; expected more draws than "
                         "coordinates, for their covariance. Draw more (continue_fit)."}
+    laplace = mv.popkpd.fit(pm, events, method="laplace", draws=20, posterior_predictive=False)
+    assert "no sampler_state group" in mv.metric_geometry(laplace, pm, events)["not_computed"]
     other = mv.load_config(None)
     other["fit"]["warmup"] += 100
     with pytest.raises(ValueError, match="--so-far: .*chain_0.nc was made with another config"):

@@ -796,7 +796,8 @@ def metric_geometry(fit, pop, dataset) -> dict:
     cores): ``{"metric": [rows], "curvature": [rows]}``, or ``{"not_computed": why}`` for a fit
     without a sampler state (Laplace, pooled runs saved before it was stored) or with too few draws."""
     at = []
-    for chain, diverging in enumerate(np.asarray(fit.tree["sample_stats"]["diverging"].values, dtype=bool)):
+    stats = fit.tree["sample_stats"] if "sample_stats" in fit.tree.children else {}
+    for chain, diverging in enumerate(np.asarray(stats["diverging"].values, dtype=bool) if "diverging" in stats else []):
         at.append((chain, diverging.size - 1))
         if diverging.any():
             width = min(100, diverging.size)
