@@ -141,3 +141,16 @@ def test_curvature_sources_of_a_line_fitted_to_two_subjects():
         expected = (f"{sum(shares):.0%} data: " + ", ".join(f"ID {(7, 9)[i]} {shares[i]:.0%}" for i in order)
                     + f"; y {sum(shares):.0%}")
         assert text == expected
+
+
+def test_curvature_sources_where_the_density_curves_down():
+    """Along a direction of negative curvature (a saddle) there is no share to give: the row says
+    so with the second difference it found, not a share of a negative total."""
+    potential = jax.jit(lambda x: 0.5 * (x[0] ** 2 - 4 * x[1] ** 2))
+    loglik = jax.jit(lambda x: jnp.zeros((1, 1)))
+    events = pad_events([dict(time=np.zeros(0), amt=np.zeros(0), cmt=np.zeros(0, int), rate=np.zeros(0),
+                              ss=np.zeros(0, int), ii=np.zeros(0), reset=np.zeros(0, bool), row=np.zeros(0, int))],
+                        [dict(time=np.zeros(1), dv=np.zeros(1), output=np.zeros(1, int), cens=np.zeros(1, int),
+                              limit=np.full(1, np.nan), row=np.arange(1))], [(np.zeros(1), np.zeros((1, 0)))], 0)
+    text = curvature_sources((potential, loglik), np.zeros(2), np.array([0.0, 1.0]), events, np.array([1]), ("y",), 2)
+    assert text == "not computed (second difference of the log density -4)"
